@@ -1,0 +1,36 @@
+//! The shapes users write and read: resource types, their JSON/YAML form and their
+//! validation.
+//!
+//! Everything here is pure data and pure functions; nothing does I/O. Every other crate
+//! speaks these types, so a field means the same thing in the REST API, in a YAML file, in
+//! the store and on the push stream.
+//!
+//! Layout:
+//! - [`duration`], [`time`], [`name`]: the scalar types (`"15s"`, RFC 3339 instants,
+//!   DNS-1123 names) with their serde forms.
+//! - [`error`]: [`ValidationError`], a coded error that points at the field to fix.
+//! - [`service`]: the `Service` resource spec (the registry's definition of a service).
+//! - [`instance`]: instances, their registration body, states and active checks.
+//! - [`event`]: the durable event every state change produces.
+//! - [`policy`]: resilience policy types (timeouts, retries, breakers, …).
+//!
+//! **Invariant:** every type that users write denies unknown fields and has a `validate()`
+//! that reports *all* problems with a code and a field path, so bad input is explained,
+//! never half-applied.
+
+pub mod duration;
+pub mod error;
+pub mod event;
+pub mod instance;
+pub mod name;
+pub mod policy;
+pub mod service;
+pub mod time;
+
+pub use duration::Duration;
+pub use error::{ValidationError, Validator};
+pub use event::{Event, EventKind};
+pub use instance::{Check, CheckKind, Instance, InstanceRegistration, InstanceState, Protocol};
+pub use name::Name;
+pub use service::ServiceSpec;
+pub use time::Timestamp;

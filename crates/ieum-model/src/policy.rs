@@ -1,0 +1,1 @@
+//! Resilience policy types users write (timeouts, retries, budgets, breakers, …).

@@ -1,0 +1,236 @@
+//! The `Service` resource: what the registry knows about a service besides its instances.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Duration, Validator};
+
+/// Longest free-text description.
+const MAX_DESCRIPTION: usize = 4096;
+/// Largest inline interface definition (an OpenAPI document or a `.proto`).
+const MAX_INLINE_INTERFACE: usize = 512 * 1024;
+
+/// The spec of a `Service` resource, and the body of `PUT /v1/services/{name}`.
+///
+/// One type serves both so a service declared in a YAML file and one registered over the
+/// API read alike.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// What the service does, for people browsing the registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Who to call when it breaks (a team or a person).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Free-form tags for search and grouping.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Interface definitions: OpenAPI, gRPC protobuf or AsyncAPI, by URL or inline.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<Interface>,
+    /// The service level the owner promises; the UI compares it with what is observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sla: Option<Sla>,
+    /// Set for a system outside the mesh reached under this logical name (like a
+    /// Kubernetes `ExternalName`): callers use the name, ieum resolves the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<External>,
+}
+
+/// One interface definition of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Interface {
+    /// Which interface language the definition is written in.
+    pub kind: InterfaceKind,
+    /// Where the definition can be fetched (`http://` or `https://`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The definition itself, for services that cannot serve it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
+}
+
+/// Interface definition languages the registry understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InterfaceKind {
+    /// OpenAPI (Swagger) for HTTP APIs.
+    Openapi,
+    /// A protobuf service definition for gRPC.
+    Grpc,
+    /// AsyncAPI for event interfaces.
+    Asyncapi,
+}
+
+/// A service level objective.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Sla {
+    /// Target availability in percent, e.g. `99.9`.
+    pub availability: f64,
+    /// Target 99th percentile latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p99: Option<Duration>,
+}
+
+/// An external system behind a logical service name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct External {
+    /// DNS name or IP address of the external system.
+    pub host: String,
+    /// Port to connect to.
+    pub port: u16,
+    /// Whether to connect with TLS.
+    #[serde(default)]
+    pub tls: bool,
+}
+
+impl ServiceSpec {
+    /// Checks ranges and shapes; field paths are relative to `v`'s prefix.
+    pub fn validate(&self, v: &mut Validator) {
+        if let Some(d) = &self.description {
+            v.check(d.len() <= MAX_DESCRIPTION, "E1101", "description", || {
+                format!("must be at most {MAX_DESCRIPTION} bytes (is {})", d.len())
+            });
+        }
+        if let Some(o) = &self.owner {
+            v.check(!o.trim().is_empty() && o.len() <= 256, "E1101", "owner", || {
+                "must be 1 to 256 characters".into()
+            });
+        }
+        for (i, tag) in self.tags.iter().enumerate() {
+            let ok = !tag.is_empty() && tag.len() <= 63 && !tag.contains(char::is_whitespace);
+            v.check(ok, "E1102", &format!("tags[{i}]"), || {
+                format!("`{tag}`: tags are 1 to 63 characters without spaces")
+            });
+            if self.tags[..i].contains(tag) {
+                v.error("E1102", &format!("tags[{i}]"), format!("`{tag}` is listed twice"));
+            }
+        }
+        for (i, iface) in self.interfaces.iter().enumerate() {
+            v.nested(&format!("interfaces[{i}]"), |v| iface.validate(v));
+        }
+        if let Some(sla) = &self.sla {
+            v.check(
+                sla.availability > 0.0 && sla.availability <= 100.0,
+                "E1106",
+                "sla.availability",
+                || format!("must be a percentage above 0 and at most 100 (is {})", sla.availability),
+            );
+            if let Some(p99) = sla.latency_p99 {
+                v.check(!p99.is_zero(), "E1107", "sla.latencyP99", || "must be above 0s".into());
+            }
+        }
+        if let Some(ext) = &self.external {
+            v.check(valid_host(&ext.host), "E1108", "external.host", || {
+                format!("`{}` is not a DNS name or IP address", ext.host)
+            });
+            v.check(ext.port != 0, "E1109", "external.port", || "must be between 1 and 65535".into());
+        }
+    }
+}
+
+impl Interface {
+    fn validate(&self, v: &mut Validator) {
+        match (&self.url, &self.inline) {
+            (Some(_), Some(_)) | (None, None) => {
+                v.error("E1103", "", "set exactly one of `url` or `inline`");
+            }
+            (Some(url), None) => {
+                let ok = (url.starts_with("http://") || url.starts_with("https://")) && url.len() > 8;
+                v.check(ok, "E1104", "url", || format!("`{url}` must be an http:// or https:// URL"));
+            }
+            (None, Some(inline)) => {
+                v.check(inline.len() <= MAX_INLINE_INTERFACE, "E1105", "inline", || {
+                    format!("must be at most {} KiB; serve larger definitions by `url`", MAX_INLINE_INTERFACE / 1024)
+                });
+            }
+        }
+    }
+}
+
+/// Whether `host` looks like a DNS name or an IP address.
+pub fn valid_host(host: &str) -> bool {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(spec: &ServiceSpec) -> Vec<String> {
+        let mut v = Validator::new("");
+        spec.validate(&mut v);
+        v.finish().err().unwrap_or_default().into_iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn a_full_spec_parses_and_validates() {
+        let spec: ServiceSpec = serde_json::from_value(serde_json::json!({
+            "description": "Takes orders",
+            "owner": "team-checkout",
+            "tags": ["shop"],
+            "interfaces": [{"kind": "openapi", "url": "http://orders/openapi.json"},
+                           {"kind": "grpc", "inline": "service Orders {}"}],
+            "sla": {"availability": 99.9, "latencyP99": "200ms"}
+        }))
+        .unwrap();
+        assert!(errors(&spec).is_empty());
+        assert_eq!(spec.sla.unwrap().latency_p99, Some(Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = serde_json::from_value::<ServiceSpec>(serde_json::json!({"descripton": "x"}))
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown field `descripton`"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let spec = ServiceSpec {
+            tags: vec!["a b".into(), "x".into(), "x".into()],
+            interfaces: vec![Interface { kind: InterfaceKind::Openapi, url: None, inline: None }],
+            sla: Some(Sla { availability: 120.0, latency_p99: Some(Duration::ZERO) }),
+            external: Some(External { host: "bad host".into(), port: 0, tls: false }),
+            ..ServiceSpec::default()
+        };
+        let errs = errors(&spec);
+        let expect = [
+            "E1102 tags[0]",
+            "E1102 tags[2]",
+            "E1103 interfaces[0]",
+            "E1106 sla.availability",
+            "E1107 sla.latencyP99",
+            "E1108 external.host",
+            "E1109 external.port",
+        ];
+        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+        for (e, want) in errs.iter().zip(expect) {
+            assert!(e.starts_with(want), "{e} should start with {want}");
+        }
+    }
+
+    #[test]
+    fn hosts() {
+        assert!(valid_host("api.payments.example"));
+        assert!(valid_host("10.0.0.1"));
+        assert!(valid_host("::1"));
+        assert!(!valid_host("a..b"));
+        assert!(!valid_host("-a.b"));
+        assert!(!valid_host(""));
+    }
+}
