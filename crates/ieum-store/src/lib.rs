@@ -1,1 +1,227 @@
-//! placeholder
+//! Durable storage for ieum behind one trait, [`Store`], with two real backends: SQLite
+//! (embedded, the default, zero setup) and PostgreSQL (for several server replicas).
+//!
+//! Layout:
+//! - [`Store`]: the trait every caller uses; [`open`] picks the backend from a URL.
+//! - `sql`: the one implementation, over `sqlx`'s `Any` driver. Both backends run the same
+//!   statements (`$1` placeholders, `INSERT … ON CONFLICT`, `RETURNING`), so they cannot
+//!   drift apart; only the migrations differ, one folder per dialect.
+//! - `migrations/{sqlite,postgres}`: versioned schema changes, applied on open.
+//!
+//! **Invariant:** a [`Store::commit`] is one transaction. Either every change of a batch
+//! (an instance and the event that explains it, a resource and its revision) is stored, or
+//! none is. Nothing here knows HTTP or the registry's rules.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ieum_model::{Event, EventKind, Instance, Timestamp};
+
+mod sql;
+
+pub use sql::{SqlStore, migrate_to};
+
+/// Why storage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or refused the statement.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data could not be read back (a bug or a manual edit).
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+    /// The schema could not be brought to this version.
+    #[error("schema migration failed: {0}")]
+    Migration(String),
+    /// The store URL is not one we can open.
+    #[error("{0}")]
+    BadUrl(String),
+}
+
+/// A resource as stored: its current spec and revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResource {
+    /// Kind, e.g. `Service`.
+    pub kind: String,
+    /// Name, unique within the kind.
+    pub name: String,
+    /// Revision number, 1 for the first version, increasing by one per change.
+    pub revision: i64,
+    /// Labels from `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+    /// The `spec`, as JSON.
+    pub spec: serde_json::Value,
+    /// When the first revision was stored.
+    pub created_at: Timestamp,
+    /// When the latest revision was stored.
+    pub updated_at: Timestamp,
+    /// Who wrote the latest revision.
+    pub author: String,
+}
+
+/// One past version of a resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Revision {
+    /// Revision number.
+    pub revision: i64,
+    /// Labels at that revision.
+    pub labels: BTreeMap<String, String>,
+    /// The spec at that revision; `None` when the revision deleted the resource.
+    pub spec: Option<serde_json::Value>,
+    /// Who wrote it.
+    pub author: String,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// An event to append; the store assigns its id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// When it happened.
+    pub time: Timestamp,
+    /// What happened.
+    pub kind: EventKind,
+    /// Service concerned.
+    pub service: Option<String>,
+    /// Instance concerned.
+    pub instance: Option<String>,
+    /// Why, in words.
+    pub message: String,
+    /// Who caused it.
+    pub author: String,
+    /// Details for tools.
+    pub data: serde_json::Value,
+}
+
+/// One change in a [`Store::commit`] batch.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Create or replace a resource; stores a new revision.
+    PutResource {
+        /// Kind.
+        kind: String,
+        /// Name.
+        name: String,
+        /// Labels.
+        labels: BTreeMap<String, String>,
+        /// Spec.
+        spec: serde_json::Value,
+        /// Who.
+        author: String,
+        /// When.
+        time: Timestamp,
+    },
+    /// Delete a resource; stores a deleting revision. Deleting a missing one does nothing.
+    DeleteResource {
+        /// Kind.
+        kind: String,
+        /// Name.
+        name: String,
+        /// Who.
+        author: String,
+        /// When.
+        time: Timestamp,
+    },
+    /// Create or replace an instance.
+    PutInstance {
+        /// Service it belongs to.
+        service: String,
+        /// The instance as of this change.
+        instance: Box<Instance>,
+    },
+    /// Remove an instance.
+    DeleteInstance {
+        /// Service it belongs to.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+    /// Append an event.
+    Event(NewEvent),
+}
+
+/// What a commit stored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Committed {
+    /// The appended events with their ids, in batch order.
+    pub events: Vec<Event>,
+    /// `(kind, name, revision)` of every resource written, in batch order.
+    pub revisions: Vec<(String, String, i64)>,
+}
+
+/// An instance as restored from storage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredInstance {
+    /// Service it belongs to.
+    pub service: String,
+    /// The instance as of its last change.
+    pub instance: Instance,
+}
+
+/// Order of an event query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// Newest first (timelines).
+    #[default]
+    NewestFirst,
+    /// Oldest first (catching up from a cursor).
+    OldestFirst,
+}
+
+/// Which events to read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventQuery {
+    /// Only this service's events.
+    pub service: Option<String>,
+    /// Only this instance's events.
+    pub instance: Option<String>,
+    /// Only these kinds (empty: all).
+    pub kinds: Vec<EventKind>,
+    /// Only events at or after this time.
+    pub since: Option<Timestamp>,
+    /// Only events with an id above this one (a cursor).
+    pub after_id: Option<i64>,
+    /// At most this many (capped at [`MAX_EVENT_PAGE`]).
+    pub limit: u32,
+    /// Order of the result.
+    pub order: Order,
+}
+
+/// Largest page of events one query returns.
+pub const MAX_EVENT_PAGE: u32 = 10_000;
+
+/// Durable storage. Every method is one round trip or one transaction.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// Stores every change of the batch in one transaction.
+    async fn commit(&self, batch: &[Change]) -> Result<Committed, StoreError>;
+
+    /// Every stored instance.
+    async fn instances(&self) -> Result<Vec<StoredInstance>, StoreError>;
+
+    /// Every resource of a kind, by name.
+    async fn resources(&self, kind: &str) -> Result<Vec<StoredResource>, StoreError>;
+
+    /// One resource.
+    async fn resource(&self, kind: &str, name: &str) -> Result<Option<StoredResource>, StoreError>;
+
+    /// Every revision of one resource, oldest first.
+    async fn history(&self, kind: &str, name: &str) -> Result<Vec<Revision>, StoreError>;
+
+    /// Events matching the query.
+    async fn events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+
+    /// Deletes events older than `before`; returns how many.
+    async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    /// Checks the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Opens (and migrates) the store at `url`: `sqlite://PATH` or `postgres://…`.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(SqlStore::open(url).await?))
+}
