@@ -8,8 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// A non-negative span of time, written as a string with units (`"15s"`, `"250ms"`).
 ///
 /// Parsing accepts what `humantime` accepts (`"1m 30s"`, `"1h30m"`, `"500us"`); printing
-/// uses the largest unit that keeps the value exact, so `"90s"` prints as `"90s"` and
-/// `"120s"` as `"2m"`.
+/// uses composite units, largest first (`"90s"` prints as `"1m30s"`, `"120s"` as `"2m"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Duration(std::time::Duration);
 
@@ -35,6 +34,11 @@ impl Duration {
     /// Whether this is `0s`.
     pub const fn is_zero(self) -> bool {
         self.0.is_zero()
+    }
+
+    /// The same duration without its fraction of a second (for uptimes people read).
+    pub fn whole_seconds(self) -> Self {
+        Duration(std::time::Duration::from_secs(self.0.as_secs()))
     }
 
     /// Whole milliseconds, saturating.
@@ -80,6 +84,7 @@ impl FromStr for Duration {
 }
 
 impl fmt::Display for Duration {
+    /// Composite units, largest first, without spaces: `2m`, `1m30s`, `1s500ms`, `3h12m`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const UNITS: [(&str, u128); 6] = [
             ("h", 3_600_000_000_000),
@@ -89,17 +94,17 @@ impl fmt::Display for Duration {
             ("us", 1_000),
             ("ns", 1),
         ];
-        let nanos = self.0.as_nanos();
+        let mut nanos = self.0.as_nanos();
         if nanos == 0 {
             return f.write_str("0s");
         }
-        // Largest unit that divides exactly; a single unit reads best in config files.
         for (unit, size) in UNITS {
-            if nanos % size == 0 {
-                return write!(f, "{}{unit}", nanos / size);
+            if nanos >= size {
+                write!(f, "{}{unit}", nanos / size)?;
+                nanos %= size;
             }
         }
-        unreachable!("every duration is a whole number of nanoseconds")
+        Ok(())
     }
 }
 
@@ -152,10 +157,11 @@ mod tests {
     }
 
     #[test]
-    fn prints_in_the_largest_exact_unit() {
+    fn prints_composite_units() {
         assert_eq!(Duration::from_secs(120).to_string(), "2m");
-        assert_eq!(Duration::from_secs(90).to_string(), "90s");
-        assert_eq!(Duration::from_millis(1500).to_string(), "1500ms");
+        assert_eq!(Duration::from_secs(90).to_string(), "1m30s");
+        assert_eq!(Duration::from_millis(1500).to_string(), "1s500ms");
+        assert_eq!(Duration::from_secs(3 * 3600 + 12 * 60 + 5).to_string(), "3h12m5s");
         assert_eq!(Duration::from_secs(7200).to_string(), "2h");
         assert_eq!(Duration::ZERO.to_string(), "0s");
     }

@@ -351,6 +351,10 @@ pub struct Instance {
     pub weight: u32,
     /// Current state.
     pub state: InstanceState,
+    /// Set when an operator drained the instance: it stays out of rotation through a
+    /// `down` and back, until set `up` again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drained: bool,
     /// Why it is in that state, in words (`"registered"`, `"missed heartbeats for 15s"`).
     pub state_reason: String,
     /// When the state last changed.

@@ -30,7 +30,9 @@ pub mod time;
 pub use duration::Duration;
 pub use error::{ValidationError, Validator};
 pub use event::{Event, EventKind};
-pub use instance::{Check, CheckKind, Instance, InstanceRegistration, InstanceState, Protocol};
+pub use instance::{
+    Check, CheckKind, CheckResult, Instance, InstanceRegistration, InstanceState, Protocol,
+};
 pub use name::Name;
-pub use service::ServiceSpec;
+pub use service::{InstanceCounts, ServiceSpec, ServiceSummary, ServiceView};
 pub use time::Timestamp;

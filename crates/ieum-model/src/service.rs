@@ -234,3 +234,78 @@ mod tests {
         assert!(!valid_host(""));
     }
 }
+
+/// How many instances a service has in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceCounts {
+    /// All registered instances.
+    pub total: usize,
+    /// `up`.
+    pub up: usize,
+    /// `starting`.
+    pub starting: usize,
+    /// `draining`.
+    pub draining: usize,
+    /// `down`.
+    pub down: usize,
+}
+
+/// One line of `GET /v1/services`: a service and what a person wants to know at a glance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSummary {
+    /// Service name.
+    pub name: String,
+    /// Description from the spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Owner from the spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Whether this name stands for an external system.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
+    /// Instances per state.
+    pub instances: InstanceCounts,
+    /// Zones its instances run in.
+    pub zones: Vec<String>,
+    /// Regions its instances run in.
+    pub regions: Vec<String>,
+    /// Platforms its instances run on.
+    pub platforms: Vec<String>,
+    /// Uptime of the instance up the longest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_uptime: Option<Duration>,
+    /// Uptime of the instance up the shortest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest_uptime: Option<Duration>,
+    /// The service's latest event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event: Option<crate::Event>,
+    /// Revision of the service definition.
+    pub revision: i64,
+}
+
+/// `GET /v1/services/{name}`: the definition and every instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceView {
+    /// Service name.
+    pub name: String,
+    /// Labels of the `Service` resource.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The definition.
+    pub spec: ServiceSpec,
+    /// Revision of the definition.
+    pub revision: i64,
+    /// When the service was first defined.
+    pub created_at: crate::Timestamp,
+    /// When its definition last changed.
+    pub updated_at: crate::Timestamp,
+    /// Instances per state.
+    pub counts: InstanceCounts,
+    /// Every registered instance, by id.
+    pub instances: Vec<crate::Instance>,
+}

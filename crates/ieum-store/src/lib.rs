@@ -7,6 +7,8 @@
 //!   statements (`$1` placeholders, `INSERT … ON CONFLICT`, `RETURNING`), so they cannot
 //!   drift apart; only the migrations differ, one folder per dialect.
 //! - `migrations/{sqlite,postgres}`: versioned schema changes, applied on open.
+//! - [`MemoryStore`]: the same contract in memory, without durability, for tests that run
+//!   with paused time and for throwaway runs.
 //!
 //! **Invariant:** a [`Store::commit`] is one transaction. Either every change of a batch
 //! (an instance and the event that explains it, a resource and its revision) is stored, or
@@ -17,8 +19,10 @@ use std::sync::Arc;
 
 use ieum_model::{Event, EventKind, Instance, Timestamp};
 
+mod memory;
 mod sql;
 
+pub use memory::MemoryStore;
 pub use sql::{SqlStore, migrate_to};
 
 /// Why storage failed.
@@ -213,6 +217,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Events matching the query.
     async fn events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+
+    /// The latest event of every service that has one.
+    async fn last_event_per_service(&self) -> Result<Vec<Event>, StoreError>;
 
     /// Deletes events older than `before`; returns how many.
     async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError>;

@@ -463,6 +463,17 @@ impl Store for SqlStore {
         rows.iter().map(event_from_row).collect()
     }
 
+    async fn last_event_per_service(&self) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, kind, service, instance, message, author, data FROM events \
+             WHERE id IN (SELECT MAX(id) FROM events WHERE service IS NOT NULL GROUP BY service)",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
     async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM events WHERE at < $1")
             .bind(before.as_millis())

@@ -97,6 +97,7 @@ fn instance(id: &str, state: InstanceState) -> Instance {
         metadata: BTreeMap::from([("k".into(), "v".into())]),
         weight: 1,
         state,
+        drained: false,
         state_reason: "registered".into(),
         state_since: t(0),
         registered_at: t(0),
@@ -254,6 +255,10 @@ each_backend!(event_queries_filter_order_and_page, |url: String| async move {
         .await
         .unwrap();
     assert_eq!(after.iter().map(|e| e.id).collect::<Vec<_>>(), [ids[7], ids[8]]);
+
+    let mut last = store.last_event_per_service().await.unwrap();
+    last.sort_by(|a, b| a.service.cmp(&b.service));
+    assert_eq!(last.iter().map(|e| (e.service.as_deref(), e.time)).collect::<Vec<_>>(), [(Some("orders"), t(8000)), (Some("stock"), t(9000))]);
 
     let combined = store
         .events(&EventQuery {
