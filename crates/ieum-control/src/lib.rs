@@ -1,1 +1,87 @@
-//! placeholder
+//! `ieum server`'s HTTP side: the REST API `/v1`, its OpenAPI document, health endpoints
+//! and the live event stream, over a [`Registry`].
+//!
+//! Layout:
+//! - [`router`] builds the whole app from an [`AppState`]; tests drive it with
+//!   `tower::ServiceExt::oneshot`, no socket needed.
+//! - `api`: one handler per endpoint, annotated for the OpenAPI document (`openapi`).
+//! - `extract`: strict JSON bodies, path names and query parameters whose every failure is
+//!   a coded 4xx naming the field.
+//! - `auth`: open on loopback, bearer token for writes elsewhere.
+//! - `error`: [`ApiError`], the one error shape `{"error": {code, message, field}}`.
+//!
+//! **Invariant:** handlers hold no logic of their own beyond parsing and mapping; the
+//! registry decides, so every client (CLI, UI, sidecar) gets the same answers.
+
+use std::future::Future;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use ieum_registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+mod api;
+mod auth;
+mod error;
+mod extract;
+mod openapi;
+
+pub use api::INDEX_HEADER;
+pub use auth::{Auth, Author};
+pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use openapi::openapi;
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The registry.
+    pub registry: Registry,
+    /// How requests are authorized.
+    pub auth: Auth,
+    /// Cancelled when the server shuts down; ends streams and blocking queries.
+    pub shutdown: CancellationToken,
+}
+
+/// The whole HTTP app.
+pub fn router(state: AppState) -> Router {
+    let auth = state.auth.clone();
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/v1/status", get(api::status))
+        .route("/v1/openapi.json", get(openapi::serve))
+        .route("/v1/services", get(api::list_services))
+        .route("/v1/services/{name}", get(api::get_service).put(api::put_service))
+        .route("/v1/services/{name}/instances", post(api::register).get(api::list_instances))
+        .route("/v1/services/{name}/instances/{id}", axum::routing::delete(api::deregister))
+        .route("/v1/services/{name}/instances/{id}/heartbeat", put(api::heartbeat))
+        .route("/v1/services/{name}/instances/{id}/state", put(api::set_state))
+        .route("/v1/services/{name}/events", get(api::service_events))
+        .route("/v1/events", get(api::list_events))
+        .route("/v1/events/stream", get(api::stream_events))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "E1404", "no such endpoint: the API is described at /v1/openapi.json")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "E1405",
+                "this endpoint does not take that method: see /v1/openapi.json",
+            )
+        })
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(auth, auth::authorize))
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then finishes open requests.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}

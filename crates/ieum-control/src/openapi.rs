@@ -1,0 +1,49 @@
+//! The OpenAPI document, generated from the handlers' annotations and the model's types.
+
+use axum::Json;
+use utoipa::OpenApi;
+
+use crate::api;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "ieum",
+        description = "Service registry and control plane. Errors are `{\"error\": {\"code\", \"message\", \"field\"}}`; codes are listed in docs/errors.md.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        api::healthz,
+        api::readyz,
+        api::status,
+        api::list_services,
+        api::get_service,
+        api::put_service,
+        api::register,
+        api::list_instances,
+        api::heartbeat,
+        api::set_state,
+        api::deregister,
+        api::list_events,
+        api::service_events,
+        api::stream_events,
+    ),
+    tags(
+        (name = "services", description = "Service definitions and summaries"),
+        (name = "instances", description = "Registration, heartbeats, drains, blocking queries"),
+        (name = "events", description = "The durable event timeline and its live stream"),
+        (name = "server", description = "Health and status"),
+    )
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of this server's API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc
+}
+
+pub(crate) async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi())
+}
