@@ -1,1 +1,87 @@
-fn main() {}
+//! `ieum`: one binary that connects services and composes them.
+//!
+//! This crate only parses the command line and wires libraries together:
+//! - `server`: `ieum server`, the control plane (registry, API, event stream).
+//! - `cli`: the operator commands (`get`, `describe`, `events`, `register`), talking to
+//!   a server over its REST API through `client`, printing with `output`.
+//!
+//! Exit codes: 0 ok, 1 rejected or invalid, 2 usage error, 3 server unreachable.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+mod client;
+mod output;
+mod server;
+
+/// ieum (이음): a service registry and mesh control plane in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "ieum", version, about)]
+struct Cli {
+    /// The ieum server to talk to.
+    #[arg(long, global = true, env = "IEUM_SERVER", default_value = "http://127.0.0.1:7700")]
+    server: String,
+    /// Bearer token for writes to a server not bound to loopback.
+    #[arg(long, global = true, env = "IEUM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = output::Format::Table)]
+    output: output::Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane: registry, REST API, event stream.
+    Server(server::ServerArgs),
+    /// List resources: `ieum get services`, `ieum get service orders`.
+    Get(cli::GetArgs),
+    /// Show one resource in detail: `ieum describe service orders`.
+    Describe(cli::DescribeArgs),
+    /// Show the event timeline (of one service, or all): `ieum events orders --follow`.
+    Events(cli::EventsArgs),
+    /// Register an instance and keep it alive with heartbeats until stopped (for VMs and
+    /// scripts); deregisters it on Ctrl-C.
+    Register(cli::RegisterArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let ctx = cli::Context { server: cli.server, token: cli.token, format: cli.output };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Server(args) => server::run(args).await,
+            Command::Get(args) => cli::get(&ctx, args).await,
+            Command::Describe(args) => cli::describe(&ctx, args).await,
+            Command::Events(args) => cli::events(&ctx, args).await,
+            Command::Register(args) => cli::register(&ctx, args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = e.downcast_ref::<client::Failure>().map_or(1, client::Failure::exit_code);
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

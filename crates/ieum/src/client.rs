@@ -1,0 +1,133 @@
+//! The CLI's HTTP client for the server's REST API, with errors that map to exit codes.
+
+use std::fmt;
+
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Why a call to the server failed, and which exit code that means.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The server could not be reached (exit 3).
+    Unreachable(String),
+    /// The command line asks for something that does not exist (exit 2).
+    Usage(String),
+    /// The server refused the request (exit 1).
+    Rejected { status: StatusCode, code: String, field: String, message: String },
+}
+
+impl Failure {
+    pub(crate) fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Unreachable(_) => 3,
+            Failure::Usage(_) => 2,
+            Failure::Rejected { .. } => 1,
+        }
+    }
+
+    /// Whether the server answered 404.
+    pub(crate) fn is_not_found(&self) -> bool {
+        matches!(self, Failure::Rejected { status, .. } if *status == StatusCode::NOT_FOUND)
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Unreachable(m) | Failure::Usage(m) => f.write_str(m),
+            Failure::Rejected { status, code, field, message } => {
+                write!(f, "{code} ")?;
+                if !field.is_empty() {
+                    write!(f, "{field}: ")?;
+                }
+                write!(f, "{message} (HTTP {})", status.as_u16())
+            }
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// A client of one ieum server.
+#[derive(Debug, Clone)]
+pub(crate) struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub(crate) fn new(server: &str, token: Option<String>) -> anyhow::Result<Client> {
+        // The CLI talks to the server directly, never through the HTTP_PROXY an app
+        // environment may set for its sidecar.
+        let http = reqwest::Client::builder().no_proxy().build()?;
+        Ok(Client { base: server.trim_end_matches('/').to_owned(), token, http })
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Option<&impl Serialize>) -> Result<reqwest::Response, Failure> {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        let err = &body["error"];
+        Err(Failure::Rejected {
+            status,
+            code: err["code"].as_str().unwrap_or("E1000").to_owned(),
+            field: err["field"].as_str().unwrap_or("").to_owned(),
+            message: err["message"].as_str().unwrap_or("the server refused the request").to_owned(),
+        })
+    }
+
+    pub(crate) fn unreachable(&self, e: &reqwest::Error) -> Failure {
+        Failure::Unreachable(format!(
+            "cannot reach the ieum server at {} ({}): start one with `ieum server --dev`, or point --server / IEUM_SERVER at it",
+            self.base,
+            root_cause(e)
+        ))
+    }
+
+    pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
+        let resp = self.send(Method::GET, path, None::<&()>).await?;
+        resp.json().await.map_err(|e| self.unreachable(&e))
+    }
+
+    pub(crate) async fn write<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, Failure> {
+        let resp = self.send(method, path, body).await?;
+        if resp.status() == StatusCode::NO_CONTENT {
+            return serde_json::from_value(serde_json::Value::Null).map_err(|e| Failure::Unreachable(e.to_string()));
+        }
+        resp.json().await.map_err(|e| self.unreachable(&e))
+    }
+
+    /// A streaming GET (Server-Sent Events).
+    pub(crate) async fn stream(&self, path: &str) -> Result<reqwest::Response, Failure> {
+        self.send(Method::GET, path, None::<&()>).await
+    }
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
