@@ -32,7 +32,8 @@ const DEFAULT_WAIT: StdDuration = StdDuration::from_secs(60);
 
 fn with_index<T: IntoResponse>(index: u64, body: T) -> Response {
     let mut resp = body.into_response();
-    resp.headers_mut().insert(INDEX_HEADER, HeaderValue::from(index));
+    resp.headers_mut()
+        .insert(INDEX_HEADER, HeaderValue::from(index));
     resp
 }
 
@@ -48,10 +49,18 @@ pub(crate) async fn healthz() -> &'static str {
     (status = 503, description = "Storage unavailable", body = ErrorBody)))]
 pub(crate) async fn readyz(State(app): State<AppState>) -> Result<&'static str, ApiError> {
     if let Err(e) = app.registry.store().ping().await {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "E1503", format!("storage does not answer: {e}")));
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "E1503",
+            format!("storage does not answer: {e}"),
+        ));
     }
     if !app.registry.storage_ok() {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "E1503", "the last write to storage failed"));
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "E1503",
+            "the last write to storage failed",
+        ));
     }
     Ok("ready\n")
 }
@@ -74,11 +83,20 @@ pub(crate) async fn list_services(State(app): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/v1/services/{name}", tag = "services",
     params(("name" = String, Path, description = "Service name")),
     responses((status = 200, body = ServiceView), (status = 404, body = ErrorBody)))]
-pub(crate) async fn get_service(State(app): State<AppState>, ServiceName(name): ServiceName) -> Result<Json<ServiceView>, ApiError> {
+pub(crate) async fn get_service(
+    State(app): State<AppState>,
+    ServiceName(name): ServiceName,
+) -> Result<Json<ServiceView>, ApiError> {
     app.registry
         .service(name.as_str())
         .map(Json)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "E1404", format!("service `{name}` is not registered")))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "E1404",
+                format!("service `{name}` is not registered"),
+            )
+        })
 }
 
 /// Creates or replaces a service definition (the `spec` of a `Service` resource).
@@ -96,8 +114,15 @@ pub(crate) async fn put_service(
     let existing = app.registry.service(name.as_str());
     let existed = existing.is_some();
     let labels = existing.map(|s| s.labels).unwrap_or_default();
-    let view = app.registry.put_service(&name, spec, labels, &author.0).await?;
-    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    let view = app
+        .registry
+        .put_service(&name, spec, labels, &author.0)
+        .await?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok((status, Json(view)).into_response())
 }
 
@@ -114,7 +139,11 @@ pub(crate) async fn register(
     JsonBody(reg): JsonBody<InstanceRegistration>,
 ) -> Result<Response, ApiError> {
     let out = app.registry.register(&name, reg, &author.0).await?;
-    let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if out.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(out)).into_response())
 }
 
@@ -134,10 +163,14 @@ pub(crate) async fn list_instances(
 ) -> Result<Response, ApiError> {
     q.only(&["state", "zone", "index", "wait"])?;
     let state = q.parse("state", |s| {
-        InstanceState::parse(s).ok_or_else(|| format!("`{s}` is not a state: use starting, up, draining or down"))
+        InstanceState::parse(s)
+            .ok_or_else(|| format!("`{s}` is not a state: use starting, up, draining or down"))
     })?;
     let zone = q.get("zone").map(str::to_owned);
-    let index = q.parse("index", |s| s.parse::<u64>().map_err(|_| format!("`{s}` is not a number")))?;
+    let index = q.parse("index", |s| {
+        s.parse::<u64>()
+            .map_err(|_| format!("`{s}` is not a number"))
+    })?;
     let wait = q.parse("wait", |s| s.parse::<Duration>().map_err(|e| e.to_string()))?;
     let wait = wait.map_or(DEFAULT_WAIT, Duration::get).min(MAX_WAIT);
     let filter = InstanceFilter { state, zone };
@@ -184,10 +217,19 @@ pub(crate) async fn set_state(
         "draining" => InstanceState::Draining,
         "up" => InstanceState::Up,
         other => {
-            return Err(ieum_model::ValidationError::new("E1214", "state", format!("`{other}` cannot be set by hand: use `draining` or `up`")).into());
+            return Err(ieum_model::ValidationError::new(
+                "E1214",
+                "state",
+                format!("`{other}` cannot be set by hand: use `draining` or `up`"),
+            )
+            .into());
         }
     };
-    Ok(Json(app.registry.set_state(name.as_str(), &id, to, &author.0).await?))
+    Ok(Json(
+        app.registry
+            .set_state(name.as_str(), &id, to, &author.0)
+            .await?,
+    ))
 }
 
 /// Deregisters an instance.
@@ -199,11 +241,15 @@ pub(crate) async fn deregister(
     Extension(author): Extension<Author>,
     InstancePath(name, id): InstancePath,
 ) -> Result<StatusCode, ApiError> {
-    app.registry.deregister(name.as_str(), &id, &author.0).await?;
+    app.registry
+        .deregister(name.as_str(), &id, &author.0)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-const EVENT_PARAMS: [&str; 7] = ["service", "instance", "kind", "since", "limit", "after", "order"];
+const EVENT_PARAMS: [&str; 7] = [
+    "service", "instance", "kind", "since", "limit", "after", "order",
+];
 
 /// Reads the event filters shared by the list and the stream.
 fn event_query(q: &QueryParams, service: Option<String>) -> Result<EventQuery, ApiError> {
@@ -224,8 +270,13 @@ fn event_query(q: &QueryParams, service: Option<String>) -> Result<EventQuery, A
         Ok(n) if (1..=MAX_EVENT_PAGE).contains(&n) => Ok(n),
         _ => Err(format!("`{s}` must be a number from 1 to {MAX_EVENT_PAGE}")),
     })?;
-    let after_id = q.parse("after", |s| s.parse::<i64>().map_err(|_| format!("`{s}` is not an event id")))?;
-    let order = q.parse("order", |s| s.parse::<Order>())?.unwrap_or_default();
+    let after_id = q.parse("after", |s| {
+        s.parse::<i64>()
+            .map_err(|_| format!("`{s}` is not an event id"))
+    })?;
+    let order = q
+        .parse("order", |s| s.parse::<Order>())?
+        .unwrap_or_default();
     if let Some(s) = q.get("service") {
         ieum_model::Name::parse_field(s, "service")?;
     }
@@ -246,8 +297,10 @@ fn parse_since(s: &str) -> Result<Timestamp, String> {
         return Ok(t);
     }
     match s.parse::<Duration>() {
-        Ok(ago) => Ok(Timestamp::from_system(std::time::SystemTime::now()).sub(ago)),
-        Err(_) => Err(format!("`{s}` is neither an RFC 3339 time nor a duration ago like `10m`")),
+        Ok(ago) => Ok(Timestamp::from_system(std::time::SystemTime::now()).minus(ago)),
+        Err(_) => Err(format!(
+            "`{s}` is neither an RFC 3339 time nor a duration ago like `10m`"
+        )),
     }
 }
 
@@ -261,7 +314,10 @@ fn parse_since(s: &str) -> Result<Timestamp, String> {
         ("order" = Option<String>, Query, description = "newest (default) or oldest"),
         ("limit" = Option<u32>, Query, description = "At most this many (default 100, at most 10000)")),
     responses((status = 200, body = Vec<Event>), (status = 400, body = ErrorBody)))]
-pub(crate) async fn list_events(State(app): State<AppState>, q: QueryParams) -> Result<Json<Vec<Event>>, ApiError> {
+pub(crate) async fn list_events(
+    State(app): State<AppState>,
+    q: QueryParams,
+) -> Result<Json<Vec<Event>>, ApiError> {
     q.only(&EVENT_PARAMS)?;
     let query = event_query(&q, None)?;
     Ok(Json(app.registry.events(&query).await?))
@@ -313,7 +369,13 @@ pub(crate) async fn stream_events(
     let stream = async_stream(shutdown, move |tx| async move {
         let mut last = resume.unwrap_or(i64::MAX);
         if resume.is_some() {
-            let backlog = registry.events(&EventQuery { after_id: Some(last), ..filter.clone() }).await.unwrap_or_default();
+            let backlog = registry
+                .events(&EventQuery {
+                    after_id: Some(last),
+                    ..filter.clone()
+                })
+                .await
+                .unwrap_or_default();
             for e in backlog {
                 last = e.id;
                 if tx.send(sse(&e)).await.is_err() {
@@ -335,7 +397,13 @@ pub(crate) async fn stream_events(
                 Err(RecvError::Lagged(_)) => {
                     // Too slow for the live feed: catch up from the store.
                     let from = if last == i64::MAX { 0 } else { last };
-                    let missed = registry.events(&EventQuery { after_id: Some(from), ..filter.clone() }).await.unwrap_or_default();
+                    let missed = registry
+                        .events(&EventQuery {
+                            after_id: Some(from),
+                            ..filter.clone()
+                        })
+                        .await
+                        .unwrap_or_default();
                     for e in missed {
                         last = e.id;
                         if tx.send(sse(&e)).await.is_err() {
@@ -351,14 +419,21 @@ pub(crate) async fn stream_events(
 }
 
 fn matches(q: &EventQuery, e: &Event) -> bool {
-    q.service.as_ref().is_none_or(|s| e.service.as_ref() == Some(s))
-        && q.instance.as_ref().is_none_or(|i| e.instance.as_ref() == Some(i))
+    q.service
+        .as_ref()
+        .is_none_or(|s| e.service.as_ref() == Some(s))
+        && q.instance
+            .as_ref()
+            .is_none_or(|i| e.instance.as_ref() == Some(i))
         && (q.kinds.is_empty() || q.kinds.contains(&e.kind))
 }
 
 fn sse(e: &Event) -> Result<SseEvent, Infallible> {
     let data = serde_json::to_string(e).unwrap_or_default();
-    Ok(SseEvent::default().id(e.id.to_string()).event(e.kind.as_str()).data(data))
+    Ok(SseEvent::default()
+        .id(e.id.to_string())
+        .event(e.kind.as_str())
+        .data(data))
 }
 
 /// A stream fed by a task through a small channel; the task ends when the client leaves or

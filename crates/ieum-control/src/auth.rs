@@ -36,14 +36,21 @@ pub(crate) async fn authorize(State(auth): State<Auth>, mut req: Request, next: 
                 .headers()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
                 .map(str::trim);
             let read = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
             match presented {
                 Some(p) if same(p.as_bytes(), token.as_bytes()) => Author("admin".into()),
                 Some(_) => {
-                    return ApiError::new(StatusCode::UNAUTHORIZED, "E1011", "the bearer token is not valid for this server")
-                        .into_response();
+                    return ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "E1011",
+                        "the bearer token is not valid for this server",
+                    )
+                    .into_response();
                 }
                 None if read => Author("anonymous".into()),
                 None => {

@@ -40,7 +40,12 @@ impl ApiError {
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
         ApiError {
             status,
-            detail: ErrorDetail { code: code.into(), message: message.into(), field: String::new(), details: Vec::new() },
+            detail: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+                field: String::new(),
+                details: Vec::new(),
+            },
         }
     }
 
@@ -60,7 +65,12 @@ impl ApiError {
         }
         ApiError {
             status: StatusCode::BAD_REQUEST,
-            detail: ErrorDetail { code: first.code, message: first.message, field: first.field, details: errors },
+            detail: ErrorDetail {
+                code: first.code,
+                message: first.message,
+                field: first.field,
+                details: errors,
+            },
         }
     }
 
@@ -90,9 +100,11 @@ impl From<RegistryError> for ApiError {
                     "storage is unavailable; the change may not be durable: retry when /readyz answers 200",
                 )
             }
-            RegistryError::ShuttingDown => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "E1503", "the server is shutting down; retry")
-            }
+            RegistryError::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "E1503",
+                "the server is shutting down; retry",
+            ),
         }
     }
 }

@@ -25,7 +25,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
         parse_json(&bytes).map(JsonBody)
     }
 }
@@ -45,11 +47,19 @@ fn body_rejection(r: BytesRejection) -> ApiError {
 /// Parses a JSON object with the path of the field at fault.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "E1001", "the body is empty: send a JSON object"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "E1001",
+            "the body is empty: send a JSON object",
+        ));
     }
     // Every body is an object; serde would otherwise read a struct from an array by position.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "E1005", "the body must be a JSON object (`{...}`)"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "E1005",
+            "the body must be a JSON object (`{...}`)",
+        ));
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
@@ -59,12 +69,18 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
         let message = inner.to_string();
         match inner.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                ApiError::new(StatusCode::BAD_REQUEST, "E1001", format!("malformed JSON: {message}"))
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "E1001",
+                    format!("malformed JSON: {message}"),
+                )
             }
             _ if message.starts_with("unknown field") => {
-                ApiError::new(StatusCode::BAD_REQUEST, "E1002", strip_position(&message)).field(path)
+                ApiError::new(StatusCode::BAD_REQUEST, "E1002", strip_position(&message))
+                    .field(path)
             }
-            _ => ApiError::new(StatusCode::BAD_REQUEST, "E1005", strip_position(&message)).field(path),
+            _ => ApiError::new(StatusCode::BAD_REQUEST, "E1005", strip_position(&message))
+                .field(path),
         }
     })
 }
@@ -89,9 +105,15 @@ impl<S: Send + Sync> FromRequestParts<S> for ServiceName {
             .await
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "E1000", e.to_string()))?;
         let raw = params.get("name").map(String::as_str).unwrap_or_default();
-        Ok(ServiceName(Name::parse_field(raw, "name").map_err(|e| {
-            ApiError::from(ieum_model::ValidationError::new("E1004", "name", format!("service name {}", e.message)))
-        })?))
+        Ok(ServiceName(Name::parse_field(raw, "name").map_err(
+            |e| {
+                ApiError::from(ieum_model::ValidationError::new(
+                    "E1004",
+                    "name",
+                    format!("service name {}", e.message),
+                ))
+            },
+        )?))
     }
 }
 
@@ -112,7 +134,9 @@ impl<S: Send + Sync> FromRequestParts<S> for InstancePath {
             return Err(ieum_model::ValidationError::new(
                 "E1205",
                 "id",
-                format!("`{id}` is not an instance id: 1 to 128 letters, digits, `.`, `_`, `:` or `-`"),
+                format!(
+                    "`{id}` is not an instance id: 1 to 128 letters, digits, `.`, `_`, `:` or `-`"
+                ),
             )
             .into());
         }
@@ -134,7 +158,11 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let decode = |s: &str| {
                 percent_decode(s).ok_or_else(|| {
-                    ApiError::new(StatusCode::BAD_REQUEST, "E1006", format!("query parameter `{k}` is not valid percent-encoding"))
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "E1006",
+                        format!("query parameter `{k}` is not valid percent-encoding"),
+                    )
                 })
             };
             map.insert(decode(k)?, decode(v)?);
@@ -184,11 +212,20 @@ impl QueryParams {
     }
 
     /// `key` parsed with `parse`, whose error message is shown to the caller.
-    pub(crate) fn parse<T>(&self, key: &str, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<Option<T>, ApiError> {
+    pub(crate) fn parse<T>(
+        &self,
+        key: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ApiError> {
         self.get(key)
             .map(|v| {
                 parse(v).map_err(|m| {
-                    ApiError::new(StatusCode::BAD_REQUEST, "E1006", format!("query parameter `{key}`: {m}")).field(key)
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "E1006",
+                        format!("query parameter `{key}`: {m}"),
+                    )
+                    .field(key)
                 })
             })
             .transpose()
@@ -202,7 +239,10 @@ mod tests {
     #[test]
     fn percent_decoding() {
         assert_eq!(percent_decode("a%20b+c").as_deref(), Some("a b c"));
-        assert_eq!(percent_decode("2026-11-26T06%3A00%3A00Z").as_deref(), Some("2026-11-26T06:00:00Z"));
+        assert_eq!(
+            percent_decode("2026-11-26T06%3A00%3A00Z").as_deref(),
+            Some("2026-11-26T06:00:00Z")
+        );
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%4"), None);
     }

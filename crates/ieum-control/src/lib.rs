@@ -54,16 +54,35 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/status", get(api::status))
         .route("/v1/openapi.json", get(openapi::serve))
         .route("/v1/services", get(api::list_services))
-        .route("/v1/services/{name}", get(api::get_service).put(api::put_service))
-        .route("/v1/services/{name}/instances", post(api::register).get(api::list_instances))
-        .route("/v1/services/{name}/instances/{id}", axum::routing::delete(api::deregister))
-        .route("/v1/services/{name}/instances/{id}/heartbeat", put(api::heartbeat))
-        .route("/v1/services/{name}/instances/{id}/state", put(api::set_state))
+        .route(
+            "/v1/services/{name}",
+            get(api::get_service).put(api::put_service),
+        )
+        .route(
+            "/v1/services/{name}/instances",
+            post(api::register).get(api::list_instances),
+        )
+        .route(
+            "/v1/services/{name}/instances/{id}",
+            axum::routing::delete(api::deregister),
+        )
+        .route(
+            "/v1/services/{name}/instances/{id}/heartbeat",
+            put(api::heartbeat),
+        )
+        .route(
+            "/v1/services/{name}/instances/{id}/state",
+            put(api::set_state),
+        )
         .route("/v1/services/{name}/events", get(api::service_events))
         .route("/v1/events", get(api::list_events))
         .route("/v1/events/stream", get(api::stream_events))
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "E1404", "no such endpoint: the API is described at /v1/openapi.json")
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "E1404",
+                "no such endpoint: the API is described at /v1/openapi.json",
+            )
         })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -83,5 +102,7 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

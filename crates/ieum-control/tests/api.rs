@@ -1,5 +1,7 @@
 //! The REST API driven without sockets: every bad-input class, auth, and the main flows.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use axum::Router;
@@ -14,10 +16,18 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 async fn app_with(auth: Auth) -> (Router, Registry) {
-    let registry = Registry::start(Arc::new(MemoryStore::new()), Arc::new(SystemClock), Options::default())
-        .await
-        .unwrap();
-    let app = router(AppState { registry: registry.clone(), auth, shutdown: CancellationToken::new() });
+    let registry = Registry::start(
+        Arc::new(MemoryStore::new()),
+        Arc::new(SystemClock),
+        Options::default(),
+    )
+    .await
+    .unwrap();
+    let app = router(AppState {
+        registry: registry.clone(),
+        auth,
+        shutdown: CancellationToken::new(),
+    });
     (app, registry)
 }
 
@@ -35,36 +45,70 @@ async fn call(app: &Router, method: &str, uri: &str, body: Option<&str>) -> Resp
     call_with(app, method, uri, body, None).await
 }
 
-async fn call_with(app: &Router, method: &str, uri: &str, body: Option<&str>, token: Option<&str>) -> Resp {
-    let mut req = Request::builder().method(method).uri(uri).header("content-type", "application/json");
+async fn call_with(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> Resp {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json");
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
-    let req = req.body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned()))).unwrap();
+    let req = req
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
+        .unwrap();
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
     let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-    Resp { status, headers, body }
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }
 
 fn assert_error(r: &Resp, status: StatusCode, code: &str, field: &str) {
     assert_eq!(r.status, status, "{}", r.body);
     assert_eq!(r.body["error"]["code"], code, "{}", r.body);
-    assert_eq!(r.body["error"]["field"].as_str().unwrap_or(""), field, "{}", r.body);
+    assert_eq!(
+        r.body["error"]["field"].as_str().unwrap_or(""),
+        field,
+        "{}",
+        r.body
+    );
     assert!(!r.body["error"]["message"].as_str().unwrap().is_empty());
 }
 
-const INSTANCE: &str = r#"{"id": "a1", "address": "10.0.0.1", "port": 8080, "zone": "eu-1", "version": "v1"}"#;
+const INSTANCE: &str =
+    r#"{"id": "a1", "address": "10.0.0.1", "port": 8080, "zone": "eu-1", "version": "v1"}"#;
 
 #[tokio::test]
 async fn register_list_describe_and_query() {
     let app = app().await;
-    let r = call(&app, "POST", "/v1/services/orders/instances", Some(INSTANCE)).await;
+    let r = call(
+        &app,
+        "POST",
+        "/v1/services/orders/instances",
+        Some(INSTANCE),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     assert_eq!(r.body, json!({"id": "a1", "ttl": "15s"}));
-    let again = call(&app, "POST", "/v1/services/orders/instances", Some(INSTANCE)).await;
+    let again = call(
+        &app,
+        "POST",
+        "/v1/services/orders/instances",
+        Some(INSTANCE),
+    )
+    .await;
     assert_eq!(again.status, StatusCode::OK, "re-registering is idempotent");
 
     let list = call(&app, "GET", "/v1/services", None).await;
@@ -72,7 +116,10 @@ async fn register_list_describe_and_query() {
     assert!(list.headers.contains_key("x-ieum-index"));
     let orders = &list.body[0];
     assert_eq!(orders["name"], "orders");
-    assert_eq!(orders["instances"], json!({"total": 1, "up": 1, "starting": 0, "draining": 0, "down": 0}));
+    assert_eq!(
+        orders["instances"],
+        json!({"total": 1, "up": 1, "starting": 0, "draining": 0, "down": 0})
+    );
     assert_eq!(orders["zones"], json!(["eu-1"]));
     assert!(orders["oldestUptime"].is_string());
 
@@ -83,7 +130,13 @@ async fn register_list_describe_and_query() {
     assert!(one.body["instances"][0]["upSince"].is_string());
     assert!(one.body["spec"].is_object());
 
-    let q = call(&app, "GET", "/v1/services/orders/instances?state=up&zone=eu-1", None).await;
+    let q = call(
+        &app,
+        "GET",
+        "/v1/services/orders/instances?state=up&zone=eu-1",
+        None,
+    )
+    .await;
     assert_eq!(q.body.as_array().unwrap().len(), 1);
     let index: u64 = q.headers["x-ieum-index"].to_str().unwrap().parse().unwrap();
     let other_zone = call(&app, "GET", "/v1/services/orders/instances?zone=us-1", None).await;
@@ -91,27 +144,54 @@ async fn register_list_describe_and_query() {
 
     // A blocking query with nothing changing answers after `wait`, with the same index.
     let start = tokio::time::Instant::now();
-    let w = call(&app, "GET", &format!("/v1/services/orders/instances?index={index}&wait=200ms"), None).await;
+    let w = call(
+        &app,
+        "GET",
+        &format!("/v1/services/orders/instances?index={index}&wait=200ms"),
+        None,
+    )
+    .await;
     assert!(start.elapsed() >= std::time::Duration::from_millis(200));
-    assert_eq!(w.headers["x-ieum-index"].to_str().unwrap(), index.to_string());
+    assert_eq!(
+        w.headers["x-ieum-index"].to_str().unwrap(),
+        index.to_string()
+    );
 }
 
 #[tokio::test]
 async fn a_blocking_query_answers_as_soon_as_the_set_changes() {
     let app = app().await;
-    call(&app, "POST", "/v1/services/orders/instances", Some(INSTANCE)).await;
+    call(
+        &app,
+        "POST",
+        "/v1/services/orders/instances",
+        Some(INSTANCE),
+    )
+    .await;
     let q = call(&app, "GET", "/v1/services/orders/instances", None).await;
     let index: u64 = q.headers["x-ieum-index"].to_str().unwrap().parse().unwrap();
     let waiter = {
         let app = app.clone();
         tokio::spawn(async move {
             let start = tokio::time::Instant::now();
-            let r = call(&app, "GET", &format!("/v1/services/orders/instances?index={index}&wait=30s"), None).await;
+            let r = call(
+                &app,
+                "GET",
+                &format!("/v1/services/orders/instances?index={index}&wait=30s"),
+                None,
+            )
+            .await;
             (start.elapsed(), r)
         })
     };
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let d = call(&app, "PUT", "/v1/services/orders/instances/a1/state", Some(r#"{"state": "draining"}"#)).await;
+    let d = call(
+        &app,
+        "PUT",
+        "/v1/services/orders/instances/a1/state",
+        Some(r#"{"state": "draining"}"#),
+    )
+    .await;
     assert_eq!(d.status, StatusCode::OK, "{}", d.body);
     let (waited, r) = waiter.await.unwrap();
     assert!(waited < std::time::Duration::from_secs(5), "{waited:?}");
@@ -123,21 +203,77 @@ async fn a_blocking_query_answers_as_soon_as_the_set_changes() {
 #[tokio::test]
 async fn heartbeats_drains_and_deregistration() {
     let app = app().await;
-    call(&app, "POST", "/v1/services/orders/instances", Some(INSTANCE)).await;
-    assert_eq!(call(&app, "PUT", "/v1/services/orders/instances/a1/heartbeat", None).await.status, StatusCode::OK);
-    let unknown = call(&app, "PUT", "/v1/services/orders/instances/zz/heartbeat", None).await;
+    call(
+        &app,
+        "POST",
+        "/v1/services/orders/instances",
+        Some(INSTANCE),
+    )
+    .await;
+    assert_eq!(
+        call(
+            &app,
+            "PUT",
+            "/v1/services/orders/instances/a1/heartbeat",
+            None
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    let unknown = call(
+        &app,
+        "PUT",
+        "/v1/services/orders/instances/zz/heartbeat",
+        None,
+    )
+    .await;
     assert_error(&unknown, StatusCode::NOT_FOUND, "E1404", "");
-    assert!(unknown.body["error"]["message"].as_str().unwrap().contains("register it again"));
+    assert!(
+        unknown.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("register it again")
+    );
 
-    let bad_state = call(&app, "PUT", "/v1/services/orders/instances/a1/state", Some(r#"{"state": "down"}"#)).await;
+    let bad_state = call(
+        &app,
+        "PUT",
+        "/v1/services/orders/instances/a1/state",
+        Some(r#"{"state": "down"}"#),
+    )
+    .await;
     assert_error(&bad_state, StatusCode::BAD_REQUEST, "E1214", "state");
 
-    assert_eq!(call(&app, "DELETE", "/v1/services/orders/instances/a1", None).await.status, StatusCode::NO_CONTENT);
-    assert_eq!(call(&app, "DELETE", "/v1/services/orders/instances/a1", None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        call(&app, "DELETE", "/v1/services/orders/instances/a1", None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        call(&app, "DELETE", "/v1/services/orders/instances/a1", None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
 
     let timeline = call(&app, "GET", "/v1/services/orders/events?order=oldest", None).await;
-    let kinds: Vec<&str> = timeline.body.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["service.created", "instance.registered", "instance.deregistered"]);
+    let kinds: Vec<&str> = timeline
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "service.created",
+            "instance.registered",
+            "instance.deregistered"
+        ]
+    );
     assert_eq!(timeline.body[2]["author"], "local");
 }
 
@@ -151,7 +287,13 @@ async fn service_definitions_are_validated_and_versioned() {
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
     assert_eq!(created.body["revision"], 1);
     assert_eq!(created.body["spec"]["sla"]["latencyP99"], "200ms");
-    let updated = call(&app, "PUT", "/v1/services/orders", Some(r#"{"description": "v2"}"#)).await;
+    let updated = call(
+        &app,
+        "PUT",
+        "/v1/services/orders",
+        Some(r#"{"description": "v2"}"#),
+    )
+    .await;
     assert_eq!(updated.status, StatusCode::OK);
     assert_eq!(updated.body["revision"], 2);
 
@@ -163,51 +305,231 @@ async fn service_definitions_are_validated_and_versioned() {
     )
     .await;
     assert_error(&bad, StatusCode::BAD_REQUEST, "E1103", "interfaces[0]");
-    assert_eq!(bad.body["error"]["details"].as_array().unwrap().len(), 2, "every problem is listed");
+    assert_eq!(
+        bad.body["error"]["details"].as_array().unwrap().len(),
+        2,
+        "every problem is listed"
+    );
     let unchanged = call(&app, "GET", "/v1/services/orders", None).await;
-    assert_eq!(unchanged.body["spec"]["description"], "v2", "nothing half-written");
+    assert_eq!(
+        unchanged.body["spec"]["description"], "v2",
+        "nothing half-written"
+    );
     assert_eq!(unchanged.body["revision"], 2);
 }
 
 #[tokio::test]
 async fn every_bad_input_class_is_a_coded_4xx() {
     let app = app().await;
-    let cases: &[(&str, &str, Option<&str>, StatusCode, &str, &str)] = &[
-        ("POST", "/v1/services/Orders/instances", Some(INSTANCE), StatusCode::BAD_REQUEST, "E1004", "name"),
-        ("POST", "/v1/services/orders_v2/instances", Some(INSTANCE), StatusCode::BAD_REQUEST, "E1004", "name"),
-        ("POST", "/v1/services/orders/instances", Some(r#"{"address": "10.0.0.1", "port": 70000}"#), StatusCode::BAD_REQUEST, "E1207", "port"),
-        ("POST", "/v1/services/orders/instances", Some(r#"{"address": "10.0.0.1", "port": -1}"#), StatusCode::BAD_REQUEST, "E1207", "port"),
-        ("POST", "/v1/services/orders/instances", Some(r#"{"address": "not a host", "port": 80}"#), StatusCode::BAD_REQUEST, "E1206", "address"),
-        ("POST", "/v1/services/orders/instances", Some(r#"{"address": "10.0.0.1", "port": 80, "ttl": "15"}"#), StatusCode::BAD_REQUEST, "E1005", "ttl"),
-        ("POST", "/v1/services/orders/instances", Some(r#"{"address": "10.0.0.1", "port": 80, "ttl": "100ms"}"#), StatusCode::BAD_REQUEST, "E1212", "ttl"),
-        ("POST", "/v1/services/orders/instances", Some(r#"{"address": "10.0.0.1", "port": 80, "prot": "h2"}"#), StatusCode::BAD_REQUEST, "E1002", "prot"),
-        ("POST", "/v1/services/orders/instances", Some(r#"{"address": "10.0.0.1", "port": 80, "protocol": "ftp"}"#), StatusCode::BAD_REQUEST, "E1005", "protocol"),
-        ("POST", "/v1/services/orders/instances", Some(r#"{"address": "10.0.0.1", "port": 80, "check": {"http": "/h", "interval": "1ms"}}"#), StatusCode::BAD_REQUEST, "E1203", "check.interval"),
-        ("POST", "/v1/services/orders/instances", Some(r#"{"address": "10.0.0.1", "port": 80"#), StatusCode::BAD_REQUEST, "E1001", ""),
-        ("POST", "/v1/services/orders/instances", Some("[1, 2]"), StatusCode::BAD_REQUEST, "E1005", ""),
-        ("POST", "/v1/services/orders/instances", None, StatusCode::BAD_REQUEST, "E1001", ""),
-        ("POST", "/v1/services/orders/instances", Some(r#"{"id": "a b", "address": "10.0.0.1", "port": 80}"#), StatusCode::BAD_REQUEST, "E1205", "id"),
-        ("PUT", "/v1/services/orders/instances/a%20b/heartbeat", None, StatusCode::BAD_REQUEST, "E1205", "id"),
-        ("PUT", "/v1/services/orders", Some(r#"{"descripton": "typo"}"#), StatusCode::BAD_REQUEST, "E1002", "descripton"),
-        ("GET", "/v1/services/orders/instances?stat=up", None, StatusCode::BAD_REQUEST, "E1006", "stat"),
-        ("GET", "/v1/events?kind=instance.exploded", None, StatusCode::BAD_REQUEST, "E1006", "kind"),
-        ("GET", "/v1/events?limit=0", None, StatusCode::BAD_REQUEST, "E1006", "limit"),
-        ("GET", "/v1/events?since=yesterday", None, StatusCode::BAD_REQUEST, "E1006", "since"),
-        ("GET", "/v1/nothing-here", None, StatusCode::NOT_FOUND, "E1404", ""),
-        ("PATCH", "/v1/services", None, StatusCode::METHOD_NOT_ALLOWED, "E1405", ""),
+    // (method, uri, body, status, code, field)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, StatusCode, &'a str, &'a str);
+    let cases: &[Case<'_>] = &[
+        (
+            "POST",
+            "/v1/services/Orders/instances",
+            Some(INSTANCE),
+            StatusCode::BAD_REQUEST,
+            "E1004",
+            "name",
+        ),
+        (
+            "POST",
+            "/v1/services/orders_v2/instances",
+            Some(INSTANCE),
+            StatusCode::BAD_REQUEST,
+            "E1004",
+            "name",
+        ),
+        (
+            "POST",
+            "/v1/services/orders/instances",
+            Some(r#"{"address": "10.0.0.1", "port": 70000}"#),
+            StatusCode::BAD_REQUEST,
+            "E1207",
+            "port",
+        ),
+        (
+            "POST",
+            "/v1/services/orders/instances",
+            Some(r#"{"address": "10.0.0.1", "port": -1}"#),
+            StatusCode::BAD_REQUEST,
+            "E1207",
+            "port",
+        ),
+        (
+            "POST",
+            "/v1/services/orders/instances",
+            Some(r#"{"address": "not a host", "port": 80}"#),
+            StatusCode::BAD_REQUEST,
+            "E1206",
+            "address",
+        ),
+        (
+            "POST",
+            "/v1/services/orders/instances",
+            Some(r#"{"address": "10.0.0.1", "port": 80, "ttl": "15"}"#),
+            StatusCode::BAD_REQUEST,
+            "E1005",
+            "ttl",
+        ),
+        (
+            "POST",
+            "/v1/services/orders/instances",
+            Some(r#"{"address": "10.0.0.1", "port": 80, "ttl": "100ms"}"#),
+            StatusCode::BAD_REQUEST,
+            "E1212",
+            "ttl",
+        ),
+        (
+            "POST",
+            "/v1/services/orders/instances",
+            Some(r#"{"address": "10.0.0.1", "port": 80, "prot": "h2"}"#),
+            StatusCode::BAD_REQUEST,
+            "E1002",
+            "prot",
+        ),
+        (
+            "POST",
+            "/v1/services/orders/instances",
+            Some(r#"{"address": "10.0.0.1", "port": 80, "protocol": "ftp"}"#),
+            StatusCode::BAD_REQUEST,
+            "E1005",
+            "protocol",
+        ),
+        (
+            "POST",
+            "/v1/services/orders/instances",
+            Some(
+                r#"{"address": "10.0.0.1", "port": 80, "check": {"http": "/h", "interval": "1ms"}}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+            "E1203",
+            "check.interval",
+        ),
+        (
+            "POST",
+            "/v1/services/orders/instances",
+            Some(r#"{"address": "10.0.0.1", "port": 80"#),
+            StatusCode::BAD_REQUEST,
+            "E1001",
+            "",
+        ),
+        (
+            "POST",
+            "/v1/services/orders/instances",
+            Some("[1, 2]"),
+            StatusCode::BAD_REQUEST,
+            "E1005",
+            "",
+        ),
+        (
+            "POST",
+            "/v1/services/orders/instances",
+            None,
+            StatusCode::BAD_REQUEST,
+            "E1001",
+            "",
+        ),
+        (
+            "POST",
+            "/v1/services/orders/instances",
+            Some(r#"{"id": "a b", "address": "10.0.0.1", "port": 80}"#),
+            StatusCode::BAD_REQUEST,
+            "E1205",
+            "id",
+        ),
+        (
+            "PUT",
+            "/v1/services/orders/instances/a%20b/heartbeat",
+            None,
+            StatusCode::BAD_REQUEST,
+            "E1205",
+            "id",
+        ),
+        (
+            "PUT",
+            "/v1/services/orders",
+            Some(r#"{"descripton": "typo"}"#),
+            StatusCode::BAD_REQUEST,
+            "E1002",
+            "descripton",
+        ),
+        (
+            "GET",
+            "/v1/services/orders/instances?stat=up",
+            None,
+            StatusCode::BAD_REQUEST,
+            "E1006",
+            "stat",
+        ),
+        (
+            "GET",
+            "/v1/events?kind=instance.exploded",
+            None,
+            StatusCode::BAD_REQUEST,
+            "E1006",
+            "kind",
+        ),
+        (
+            "GET",
+            "/v1/events?limit=0",
+            None,
+            StatusCode::BAD_REQUEST,
+            "E1006",
+            "limit",
+        ),
+        (
+            "GET",
+            "/v1/events?since=yesterday",
+            None,
+            StatusCode::BAD_REQUEST,
+            "E1006",
+            "since",
+        ),
+        (
+            "GET",
+            "/v1/nothing-here",
+            None,
+            StatusCode::NOT_FOUND,
+            "E1404",
+            "",
+        ),
+        (
+            "PATCH",
+            "/v1/services",
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "E1405",
+            "",
+        ),
     ];
     for (method, uri, body, status, code, field) in cases {
         let r = call(&app, method, uri, *body).await;
         assert_eq!(r.status, *status, "{method} {uri} {body:?}: {}", r.body);
-        assert_eq!(r.body["error"]["code"], *code, "{method} {uri} {body:?}: {}", r.body);
-        assert_eq!(r.body["error"]["field"].as_str().unwrap_or(""), *field, "{method} {uri} {body:?}: {}", r.body);
+        assert_eq!(
+            r.body["error"]["code"], *code,
+            "{method} {uri} {body:?}: {}",
+            r.body
+        );
+        assert_eq!(
+            r.body["error"]["field"].as_str().unwrap_or(""),
+            *field,
+            "{method} {uri} {body:?}: {}",
+            r.body
+        );
     }
     // A too-large body is refused before parsing.
-    let big = format!(r#"{{"address": "10.0.0.1", "port": 80, "metadata": {{"k": "{}"}}}}"#, "x".repeat(2 << 20));
+    let big = format!(
+        r#"{{"address": "10.0.0.1", "port": 80, "metadata": {{"k": "{}"}}}}"#,
+        "x".repeat(2 << 20)
+    );
     let r = call(&app, "POST", "/v1/services/orders/instances", Some(&big)).await;
     assert_error(&r, StatusCode::PAYLOAD_TOO_LARGE, "E1003", "");
     // None of it was stored.
-    assert_eq!(call(&app, "GET", "/v1/services", None).await.body, json!([]));
+    assert_eq!(
+        call(&app, "GET", "/v1/services", None).await.body,
+        json!([])
+    );
     let events = call(&app, "GET", "/v1/events?kind=instance.registered", None).await;
     assert_eq!(events.body, json!([]));
 }
@@ -215,19 +537,57 @@ async fn every_bad_input_class_is_a_coded_4xx() {
 #[tokio::test]
 async fn duration_errors_say_how_to_write_one() {
     let app = app().await;
-    let r = call(&app, "POST", "/v1/services/orders/instances", Some(r#"{"address": "10.0.0.1", "port": 80, "ttl": "15"}"#)).await;
-    assert!(r.body["error"]["message"].as_str().unwrap().contains("like `250ms`"), "{}", r.body);
+    let r = call(
+        &app,
+        "POST",
+        "/v1/services/orders/instances",
+        Some(r#"{"address": "10.0.0.1", "port": 80, "ttl": "15"}"#),
+    )
+    .await;
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("like `250ms`"),
+        "{}",
+        r.body
+    );
 }
 
 #[tokio::test]
 async fn off_loopback_writes_need_the_token() {
     let (app, _) = app_with(Auth::Token("s3cret".into())).await;
-    let anon = call(&app, "POST", "/v1/services/orders/instances", Some(INSTANCE)).await;
+    let anon = call(
+        &app,
+        "POST",
+        "/v1/services/orders/instances",
+        Some(INSTANCE),
+    )
+    .await;
     assert_error(&anon, StatusCode::UNAUTHORIZED, "E1010", "");
-    assert!(anon.body["error"]["message"].as_str().unwrap().contains("IEUM_TOKEN"));
-    let wrong = call_with(&app, "POST", "/v1/services/orders/instances", Some(INSTANCE), Some("guess")).await;
+    assert!(
+        anon.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("IEUM_TOKEN")
+    );
+    let wrong = call_with(
+        &app,
+        "POST",
+        "/v1/services/orders/instances",
+        Some(INSTANCE),
+        Some("guess"),
+    )
+    .await;
     assert_error(&wrong, StatusCode::UNAUTHORIZED, "E1011", "");
-    let ok = call_with(&app, "POST", "/v1/services/orders/instances", Some(INSTANCE), Some("s3cret")).await;
+    let ok = call_with(
+        &app,
+        "POST",
+        "/v1/services/orders/instances",
+        Some(INSTANCE),
+        Some("s3cret"),
+    )
+    .await;
     assert_eq!(ok.status, StatusCode::CREATED);
     // Reads stay open; the write is recorded with its author.
     let events = call(&app, "GET", "/v1/events?kind=instance.registered", None).await;
@@ -238,16 +598,30 @@ async fn off_loopback_writes_need_the_token() {
 #[tokio::test]
 async fn health_status_and_openapi() {
     let app = app().await;
-    assert_eq!(call(&app, "GET", "/healthz", None).await.status, StatusCode::OK);
-    assert_eq!(call(&app, "GET", "/readyz", None).await.status, StatusCode::OK);
+    assert_eq!(
+        call(&app, "GET", "/healthz", None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&app, "GET", "/readyz", None).await.status,
+        StatusCode::OK
+    );
     let status = call(&app, "GET", "/v1/status", None).await;
     assert_eq!(status.body["store"], "memory");
     assert_eq!(status.body["protection"]["active"], false);
     let doc = call(&app, "GET", "/v1/openapi.json", None).await;
     assert!(doc.body["openapi"].as_str().unwrap().starts_with("3."));
     let paths = doc.body["paths"].as_object().unwrap();
-    for p in ["/v1/services", "/v1/services/{name}/instances", "/v1/services/{name}/instances/{id}/heartbeat", "/v1/events/stream"] {
-        assert!(paths.contains_key(p), "{p} missing from the OpenAPI document");
+    for p in [
+        "/v1/services",
+        "/v1/services/{name}/instances",
+        "/v1/services/{name}/instances/{id}/heartbeat",
+        "/v1/events/stream",
+    ] {
+        assert!(
+            paths.contains_key(p),
+            "{p} missing from the OpenAPI document"
+        );
     }
     let schemas = doc.body["components"]["schemas"].as_object().unwrap();
     assert!(schemas.contains_key("InstanceRegistration"));
@@ -256,21 +630,43 @@ async fn health_status_and_openapi() {
 #[tokio::test]
 async fn event_stream_replays_after_an_id_then_follows_live() {
     let (app, registry) = app_with(Auth::Open).await;
-    call(&app, "POST", "/v1/services/orders/instances", Some(INSTANCE)).await;
-    let first = call(&app, "GET", "/v1/events?order=oldest&kind=service.created", None).await;
+    call(
+        &app,
+        "POST",
+        "/v1/services/orders/instances",
+        Some(INSTANCE),
+    )
+    .await;
+    let first = call(
+        &app,
+        "GET",
+        "/v1/events?order=oldest&kind=service.created",
+        None,
+    )
+    .await;
     let after = first.body[0]["id"].as_i64().unwrap();
 
-    let req = Request::get("/v1/events/stream?service=orders").header("last-event-id", after.to_string()).body(Body::empty()).unwrap();
+    let req = Request::get("/v1/events/stream?service=orders")
+        .header("last-event-id", after.to_string())
+        .body(Body::empty())
+        .unwrap();
     let resp = app.clone().oneshot(req).await.unwrap();
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let mut body = resp.into_body();
     let mut text = String::new();
     let mut next = async || {
-        let frame = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame()).await.unwrap().unwrap().unwrap();
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap()
     };
     text.push_str(&next().await);
-    assert!(text.contains("event: instance.registered"), "backlog first: {text}");
+    assert!(
+        text.contains("event: instance.registered"),
+        "backlog first: {text}"
+    );
     registry.deregister("orders", "a1", "local").await.unwrap();
     let live = next().await;
     assert!(live.contains("event: instance.deregistered"), "{live}");

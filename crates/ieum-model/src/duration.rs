@@ -71,7 +71,9 @@ impl FromStr for Duration {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let trimmed = s.trim();
-        let err = || ParseDurationError { input: s.to_owned() };
+        let err = || ParseDurationError {
+            input: s.to_owned(),
+        };
         // A bare number is ambiguous (seconds? milliseconds?): require a unit, except 0.
         if trimmed == "0" {
             return Ok(Duration::ZERO);
@@ -79,7 +81,9 @@ impl FromStr for Duration {
         if trimmed.is_empty() || trimmed.chars().all(|c| c.is_ascii_digit()) {
             return Err(err());
         }
-        humantime::parse_duration(trimmed).map(Duration).map_err(|_| err())
+        humantime::parse_duration(trimmed)
+            .map(Duration)
+            .map_err(|_| err())
     }
 }
 
@@ -141,9 +145,15 @@ mod tests {
     #[test]
     fn parses_common_forms() {
         assert_eq!("15s".parse::<Duration>().unwrap(), Duration::from_secs(15));
-        assert_eq!("250ms".parse::<Duration>().unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            "250ms".parse::<Duration>().unwrap(),
+            Duration::from_millis(250)
+        );
         assert_eq!("10m".parse::<Duration>().unwrap(), Duration::from_secs(600));
-        assert_eq!("1h30m".parse::<Duration>().unwrap(), Duration::from_secs(5400));
+        assert_eq!(
+            "1h30m".parse::<Duration>().unwrap(),
+            Duration::from_secs(5400)
+        );
         assert_eq!("0".parse::<Duration>().unwrap(), Duration::ZERO);
         assert_eq!("0s".parse::<Duration>().unwrap(), Duration::ZERO);
     }
@@ -161,7 +171,10 @@ mod tests {
         assert_eq!(Duration::from_secs(120).to_string(), "2m");
         assert_eq!(Duration::from_secs(90).to_string(), "1m30s");
         assert_eq!(Duration::from_millis(1500).to_string(), "1s500ms");
-        assert_eq!(Duration::from_secs(3 * 3600 + 12 * 60 + 5).to_string(), "3h12m5s");
+        assert_eq!(
+            Duration::from_secs(3 * 3600 + 12 * 60 + 5).to_string(),
+            "3h12m5s"
+        );
         assert_eq!(Duration::from_secs(7200).to_string(), "2h");
         assert_eq!(Duration::ZERO.to_string(), "0s");
     }

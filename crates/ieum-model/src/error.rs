@@ -24,7 +24,11 @@ pub struct ValidationError {
 impl ValidationError {
     /// A new error for `field`.
     pub fn new(code: &str, field: impl Into<String>, message: impl Into<String>) -> Self {
-        ValidationError { code: code.to_owned(), field: field.into(), message: message.into() }
+        ValidationError {
+            code: code.to_owned(),
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -52,7 +56,10 @@ pub struct Validator {
 impl Validator {
     /// A validator whose field paths start at `prefix` (empty for the top level).
     pub fn new(prefix: impl Into<String>) -> Self {
-        Validator { prefix: prefix.into(), errors: Vec::new() }
+        Validator {
+            prefix: prefix.into(),
+            errors: Vec::new(),
+        }
     }
 
     /// The full path of `field` under this validator's prefix.
@@ -92,7 +99,11 @@ impl Validator {
 
     /// `Ok(())` when nothing was recorded, otherwise every error recorded.
     pub fn finish(self) -> Result<(), Vec<ValidationError>> {
-        if self.errors.is_empty() { Ok(()) } else { Err(self.errors) }
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(self.errors)
+        }
     }
 }
 
@@ -104,7 +115,9 @@ mod tests {
     fn nested_paths_join_with_dots_and_brackets() {
         let mut v = Validator::new("spec");
         v.nested("rules", |v| {
-            v.nested("[1]", |v| v.error("E2104", "retry.attempts", "must be at most 10"));
+            v.nested("[1]", |v| {
+                v.error("E2104", "retry.attempts", "must be at most 10")
+            });
         });
         let errs = v.finish().unwrap_err();
         assert_eq!(errs[0].field, "spec.rules[1].retry.attempts");

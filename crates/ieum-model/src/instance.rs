@@ -63,7 +63,9 @@ impl fmt::Display for InstanceState {
 }
 
 /// The application protocol an instance serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// HTTP/1.1.
@@ -133,7 +135,11 @@ impl Check {
 
     fn validate(&self, v: &mut Validator) {
         if self.kind().is_none() {
-            v.error("E1201", "", "set exactly one of `http: PATH`, `tcp: true` or `grpc: SERVICE`");
+            v.error(
+                "E1201",
+                "",
+                "set exactly one of `http: PATH`, `tcp: true` or `grpc: SERVICE`",
+            );
         }
         if let Some(path) = &self.http {
             v.check(path.starts_with('/'), "E1202", "http", || {
@@ -150,7 +156,12 @@ impl Check {
             !self.timeout.is_zero() && self.timeout <= self.interval,
             "E1204",
             "timeout",
-            || format!("must be above 0s and at most the interval {} (is {})", self.interval, self.timeout),
+            || {
+                format!(
+                    "must be above 0s and at most the interval {} (is {})",
+                    self.interval, self.timeout
+                )
+            },
         );
     }
 }
@@ -267,27 +278,39 @@ impl InstanceRegistration {
             }
         }
         if let Some(version) = &self.version {
-            v.check(!version.is_empty() && version.len() <= 128, "E1209", "version", || {
-                "must be 1 to 128 characters".into()
-            });
+            v.check(
+                !version.is_empty() && version.len() <= 128,
+                "E1209",
+                "version",
+                || "must be 1 to 128 characters".into(),
+            );
         }
         v.check(self.metadata.len() <= 64, "E1210", "metadata", || {
             format!("at most 64 entries (has {})", self.metadata.len())
         });
         for (k, val) in &self.metadata {
-            v.check(!k.is_empty() && k.len() <= 128 && val.len() <= 1024, "E1210", &format!("metadata.{k}"), || {
-                "keys are 1 to 128 characters, values at most 1024".into()
-            });
+            v.check(
+                !k.is_empty() && k.len() <= 128 && val.len() <= 1024,
+                "E1210",
+                &format!("metadata.{k}"),
+                || "keys are 1 to 128 characters, values at most 1024".into(),
+            );
         }
         v.check(self.weight <= 10_000, "E1211", "weight", || {
             format!("must be between 0 and 10000 (is {})", self.weight)
         });
-        v.check(self.ttl >= MIN_TTL && self.ttl <= MAX_TTL, "E1212", "ttl", || {
-            format!("must be between {MIN_TTL} and {MAX_TTL} (is {})", self.ttl)
-        });
-        v.check(self.deregister_after >= Duration::from_secs(1), "E1213", "deregisterAfter", || {
-            format!("must be at least 1s (is {})", self.deregister_after)
-        });
+        v.check(
+            self.ttl >= MIN_TTL && self.ttl <= MAX_TTL,
+            "E1212",
+            "ttl",
+            || format!("must be between {MIN_TTL} and {MAX_TTL} (is {})", self.ttl),
+        );
+        v.check(
+            self.deregister_after >= Duration::from_secs(1),
+            "E1213",
+            "deregisterAfter",
+            || format!("must be at least 1s (is {})", self.deregister_after),
+        );
         if let Some(check) = &self.check {
             v.nested("check", |v| check.validate(v));
         }
@@ -298,11 +321,16 @@ impl InstanceRegistration {
 pub fn valid_instance_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_ID_LEN
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
 }
 
 fn valid_label(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 63 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// The outcome of the last active check.
@@ -412,7 +440,12 @@ mod tests {
     fn errors(reg: &InstanceRegistration) -> Vec<String> {
         let mut v = Validator::new("");
         reg.validate(&mut v);
-        v.finish().err().unwrap_or_default().into_iter().map(|e| format!("{} {}", e.code, e.field)).collect()
+        v.finish()
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| format!("{} {}", e.code, e.field))
+            .collect()
     }
 
     #[test]
@@ -463,7 +496,8 @@ mod tests {
         let http: Check = serde_json::from_str(r#"{"http": "/healthz"}"#).unwrap();
         assert_eq!(http.kind(), Some(CheckKind::Http("/healthz".into())));
         assert_eq!(http.interval, Duration::from_secs(10));
-        let tcp: Check = serde_json::from_str(r#"{"tcp": true, "interval": "5s", "timeout": "1s"}"#).unwrap();
+        let tcp: Check =
+            serde_json::from_str(r#"{"tcp": true, "interval": "5s", "timeout": "1s"}"#).unwrap();
         assert_eq!(tcp.kind(), Some(CheckKind::Tcp));
         let grpc: Check = serde_json::from_str(r#"{"grpc": ""}"#).unwrap();
         assert_eq!(grpc.kind(), Some(CheckKind::Grpc(String::new())));

@@ -25,9 +25,15 @@ impl Name {
             return Err("must not be empty".into());
         }
         if s.len() > MAX_NAME_LEN {
-            return Err(format!("must be at most {MAX_NAME_LEN} characters (is {})", s.len()));
+            return Err(format!(
+                "must be at most {MAX_NAME_LEN} characters (is {})",
+                s.len()
+            ));
         }
-        if let Some(c) = s.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+        {
             return Err(format!(
                 "`{s}` contains `{c}`: use lowercase letters, digits and `-` (a DNS-1123 label)"
             ));
@@ -119,6 +125,10 @@ mod tests {
             let err = Name::parse(bad).unwrap_err();
             assert!(err.contains(why), "{bad}: {err}");
         }
-        assert!(Name::parse(&"a".repeat(64)).unwrap_err().contains("at most 63"));
+        assert!(
+            Name::parse(&"a".repeat(64))
+                .unwrap_err()
+                .contains("at most 63")
+        );
     }
 }

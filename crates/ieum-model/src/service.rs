@@ -96,9 +96,12 @@ impl ServiceSpec {
             });
         }
         if let Some(o) = &self.owner {
-            v.check(!o.trim().is_empty() && o.len() <= 256, "E1101", "owner", || {
-                "must be 1 to 256 characters".into()
-            });
+            v.check(
+                !o.trim().is_empty() && o.len() <= 256,
+                "E1101",
+                "owner",
+                || "must be 1 to 256 characters".into(),
+            );
         }
         for (i, tag) in self.tags.iter().enumerate() {
             let ok = !tag.is_empty() && tag.len() <= 63 && !tag.contains(char::is_whitespace);
@@ -106,7 +109,11 @@ impl ServiceSpec {
                 format!("`{tag}`: tags are 1 to 63 characters without spaces")
             });
             if self.tags[..i].contains(tag) {
-                v.error("E1102", &format!("tags[{i}]"), format!("`{tag}` is listed twice"));
+                v.error(
+                    "E1102",
+                    &format!("tags[{i}]"),
+                    format!("`{tag}` is listed twice"),
+                );
             }
         }
         for (i, iface) in self.interfaces.iter().enumerate() {
@@ -117,17 +124,26 @@ impl ServiceSpec {
                 sla.availability > 0.0 && sla.availability <= 100.0,
                 "E1106",
                 "sla.availability",
-                || format!("must be a percentage above 0 and at most 100 (is {})", sla.availability),
+                || {
+                    format!(
+                        "must be a percentage above 0 and at most 100 (is {})",
+                        sla.availability
+                    )
+                },
             );
             if let Some(p99) = sla.latency_p99 {
-                v.check(!p99.is_zero(), "E1107", "sla.latencyP99", || "must be above 0s".into());
+                v.check(!p99.is_zero(), "E1107", "sla.latencyP99", || {
+                    "must be above 0s".into()
+                });
             }
         }
         if let Some(ext) = &self.external {
             v.check(valid_host(&ext.host), "E1108", "external.host", || {
                 format!("`{}` is not a DNS name or IP address", ext.host)
             });
-            v.check(ext.port != 0, "E1109", "external.port", || "must be between 1 and 65535".into());
+            v.check(ext.port != 0, "E1109", "external.port", || {
+                "must be between 1 and 65535".into()
+            });
         }
     }
 }
@@ -139,13 +155,24 @@ impl Interface {
                 v.error("E1103", "", "set exactly one of `url` or `inline`");
             }
             (Some(url), None) => {
-                let ok = (url.starts_with("http://") || url.starts_with("https://")) && url.len() > 8;
-                v.check(ok, "E1104", "url", || format!("`{url}` must be an http:// or https:// URL"));
+                let ok =
+                    (url.starts_with("http://") || url.starts_with("https://")) && url.len() > 8;
+                v.check(ok, "E1104", "url", || {
+                    format!("`{url}` must be an http:// or https:// URL")
+                });
             }
             (None, Some(inline)) => {
-                v.check(inline.len() <= MAX_INLINE_INTERFACE, "E1105", "inline", || {
-                    format!("must be at most {} KiB; serve larger definitions by `url`", MAX_INLINE_INTERFACE / 1024)
-                });
+                v.check(
+                    inline.len() <= MAX_INLINE_INTERFACE,
+                    "E1105",
+                    "inline",
+                    || {
+                        format!(
+                            "must be at most {} KiB; serve larger definitions by `url`",
+                            MAX_INLINE_INTERFACE / 1024
+                        )
+                    },
+                );
             }
         }
     }
@@ -174,7 +201,12 @@ mod tests {
     fn errors(spec: &ServiceSpec) -> Vec<String> {
         let mut v = Validator::new("");
         spec.validate(&mut v);
-        v.finish().err().unwrap_or_default().into_iter().map(|e| e.to_string()).collect()
+        v.finish()
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     #[test]
@@ -189,23 +221,40 @@ mod tests {
         }))
         .unwrap();
         assert!(errors(&spec).is_empty());
-        assert_eq!(spec.sla.unwrap().latency_p99, Some(Duration::from_millis(200)));
+        assert_eq!(
+            spec.sla.unwrap().latency_p99,
+            Some(Duration::from_millis(200))
+        );
     }
 
     #[test]
     fn unknown_fields_are_rejected() {
         let err = serde_json::from_value::<ServiceSpec>(serde_json::json!({"descripton": "x"}))
             .unwrap_err();
-        assert!(err.to_string().contains("unknown field `descripton`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown field `descripton`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn every_problem_is_reported_with_its_field() {
         let spec = ServiceSpec {
             tags: vec!["a b".into(), "x".into(), "x".into()],
-            interfaces: vec![Interface { kind: InterfaceKind::Openapi, url: None, inline: None }],
-            sla: Some(Sla { availability: 120.0, latency_p99: Some(Duration::ZERO) }),
-            external: Some(External { host: "bad host".into(), port: 0, tls: false }),
+            interfaces: vec![Interface {
+                kind: InterfaceKind::Openapi,
+                url: None,
+                inline: None,
+            }],
+            sla: Some(Sla {
+                availability: 120.0,
+                latency_p99: Some(Duration::ZERO),
+            }),
+            external: Some(External {
+                host: "bad host".into(),
+                port: 0,
+                tls: false,
+            }),
             ..ServiceSpec::default()
         };
         let errs = errors(&spec);

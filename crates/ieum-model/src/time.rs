@@ -28,7 +28,10 @@ impl Timestamp {
 
     /// The instant for a `SystemTime` (clamped to the epoch).
     pub fn from_system(t: SystemTime) -> Self {
-        let millis = t.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let millis = t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
         Timestamp(i64::try_from(millis).unwrap_or(i64::MAX))
     }
 
@@ -38,13 +41,19 @@ impl Timestamp {
     }
 
     /// This instant plus `d`.
-    pub fn add(self, d: Duration) -> Self {
-        Timestamp(self.0.saturating_add(i64::try_from(d.as_millis_u64()).unwrap_or(i64::MAX)))
+    pub fn plus(self, d: Duration) -> Self {
+        Timestamp(
+            self.0
+                .saturating_add(i64::try_from(d.as_millis_u64()).unwrap_or(i64::MAX)),
+        )
     }
 
     /// This instant minus `d`.
-    pub fn sub(self, d: Duration) -> Self {
-        Timestamp(self.0.saturating_sub(i64::try_from(d.as_millis_u64()).unwrap_or(i64::MAX)))
+    pub fn minus(self, d: Duration) -> Self {
+        Timestamp(
+            self.0
+                .saturating_sub(i64::try_from(d.as_millis_u64()).unwrap_or(i64::MAX)),
+        )
     }
 
     /// Time from `earlier` to `self`, zero if `earlier` is later.
@@ -115,8 +124,8 @@ mod tests {
     fn arithmetic_saturates_instead_of_panicking() {
         let t = Timestamp::from_millis(1000);
         assert_eq!(t.since(Timestamp::from_millis(4000)), Duration::ZERO);
-        assert_eq!(t.add(Duration::from_secs(1)).as_millis(), 2000);
-        assert_eq!(t.sub(Duration::from_secs(2)).as_millis(), -1000);
+        assert_eq!(t.plus(Duration::from_secs(1)).as_millis(), 2000);
+        assert_eq!(t.minus(Duration::from_secs(2)).as_millis(), -1000);
     }
 
     #[test]

@@ -27,10 +27,16 @@ pub(crate) struct Outcome {
 
 impl Outcome {
     fn pass(output: String) -> Self {
-        Outcome { passed: true, output }
+        Outcome {
+            passed: true,
+            output,
+        }
     }
     fn fail(output: String) -> Self {
-        Outcome { passed: false, output }
+        Outcome {
+            passed: false,
+            output,
+        }
     }
 }
 
@@ -76,7 +82,10 @@ impl Checker {
 
     async fn http_check(&self, authority: &str, path: &str) -> Outcome {
         let uri = format!("http://{authority}{path}");
-        let req = match http::Request::get(&uri).header("user-agent", "ieum-check").body(Empty::new()) {
+        let req = match http::Request::get(&uri)
+            .header("user-agent", "ieum-check")
+            .body(Empty::new())
+        {
             Ok(r) => r,
             Err(e) => return Outcome::fail(format!("bad check URL {uri}: {e}")),
         };
@@ -85,7 +94,12 @@ impl Checker {
             Err(e) => return Outcome::fail(format!("GET {uri}: {}", error_chain(&e))),
         };
         let status = resp.status();
-        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let text = String::from_utf8_lossy(&body);
         let text = text.trim();
         let mut output = format!("HTTP {status}");
@@ -94,7 +108,11 @@ impl Checker {
             output.push_str(text);
         }
         truncate(&mut output);
-        if status.is_success() { Outcome::pass(output) } else { Outcome::fail(output) }
+        if status.is_success() {
+            Outcome::pass(output)
+        } else {
+            Outcome::fail(output)
+        }
     }
 
     async fn grpc_check(&self, authority: &str, service: &str) -> Outcome {
@@ -110,7 +128,9 @@ impl Checker {
         };
         let resp = match self.grpc.request(req).await {
             Ok(r) => r,
-            Err(e) => return Outcome::fail(format!("gRPC health check {uri}: {}", error_chain(&e))),
+            Err(e) => {
+                return Outcome::fail(format!("gRPC health check {uri}: {}", error_chain(&e)));
+            }
         };
         let (parts, body) = resp.into_parts();
         let collected = match body.collect().await {
@@ -131,8 +151,16 @@ impl Checker {
                 .or_else(|| parts.headers.get("grpc-message"))
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            let shown = if grpc_status.is_empty() { "missing".to_owned() } else { grpc_status };
-            return Outcome::fail(format!("gRPC status {shown} (HTTP {}) {message}", parts.status).trim().to_owned());
+            let shown = if grpc_status.is_empty() {
+                "missing".to_owned()
+            } else {
+                grpc_status
+            };
+            return Outcome::fail(
+                format!("gRPC status {shown} (HTTP {}) {message}", parts.status)
+                    .trim()
+                    .to_owned(),
+            );
         }
         match health_status(&collected.to_bytes()) {
             Some(1) => Outcome::pass("SERVING".into()),
@@ -153,7 +181,11 @@ async fn tcp_check(authority: &str) -> Outcome {
 }
 
 fn authority(address: &str, port: u16) -> String {
-    if address.contains(':') { format!("[{address}]:{port}") } else { format!("{address}:{port}") }
+    if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
 }
 
 fn truncate(s: &mut String) {

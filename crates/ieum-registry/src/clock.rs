@@ -34,12 +34,15 @@ pub struct TokioClock {
 impl TokioClock {
     /// A clock reading `wall` now.
     pub fn starting_at(wall: Timestamp) -> Self {
-        TokioClock { wall, anchor: Instant::now() }
+        TokioClock {
+            wall,
+            anchor: Instant::now(),
+        }
     }
 }
 
 impl Clock for TokioClock {
     fn now(&self) -> Timestamp {
-        self.wall.add(self.anchor.elapsed().into())
+        self.wall.plus(self.anchor.elapsed().into())
     }
 }

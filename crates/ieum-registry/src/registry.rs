@@ -251,7 +251,10 @@ fn event(
 }
 
 fn put_instance(service: &str, instance: &Instance) -> Change {
-    Change::PutInstance { service: service.to_owned(), instance: Box::new(instance.clone()) }
+    Change::PutInstance {
+        service: service.to_owned(),
+        instance: Box::new(instance.clone()),
+    }
 }
 
 fn new_id() -> String {
@@ -276,7 +279,11 @@ impl State {
 
     fn arm_lease(&mut self, service: &str, id: &str) {
         let generation = self.generation();
-        let Some(entry) = self.services.get_mut(service).and_then(|s| s.instances.get_mut(id)) else {
+        let Some(entry) = self
+            .services
+            .get_mut(service)
+            .and_then(|s| s.instances.get_mut(id))
+        else {
             return;
         };
         let Some(at) = entry.lease else { return };
@@ -293,7 +300,11 @@ impl State {
 
     fn arm_removal(&mut self, service: &str, id: &str, at: Instant) {
         let generation = self.generation();
-        let Some(entry) = self.services.get_mut(service).and_then(|s| s.instances.get_mut(id)) else {
+        let Some(entry) = self
+            .services
+            .get_mut(service)
+            .and_then(|s| s.instances.get_mut(id))
+        else {
             return;
         };
         entry.removal = Some(at);
@@ -323,7 +334,9 @@ impl State {
 fn set_state(instance: &mut Instance, to: InstanceState, reason: String, now: Timestamp) {
     let was_running = matches!(instance.state, InstanceState::Up | InstanceState::Draining);
     match to {
-        InstanceState::Up | InstanceState::Draining if !was_running => instance.up_since = Some(now),
+        InstanceState::Up | InstanceState::Draining if !was_running => {
+            instance.up_since = Some(now)
+        }
         InstanceState::Starting | InstanceState::Down => instance.up_since = None,
         _ => {}
     }
@@ -334,7 +347,11 @@ fn set_state(instance: &mut Instance, to: InstanceState, reason: String, now: Ti
 
 /// The state an instance returns to when it recovers.
 fn recovered_state(instance: &Instance) -> InstanceState {
-    if instance.drained { InstanceState::Draining } else { InstanceState::Up }
+    if instance.drained {
+        InstanceState::Draining
+    } else {
+        InstanceState::Up
+    }
 }
 
 impl Registry {
@@ -398,7 +415,7 @@ impl Registry {
                 // instance down.
                 let lease = (!has_check).then(|| now_i + instance.ttl.get());
                 let removal_at = (instance.state == InstanceState::Down).then(|| {
-                    let due = instance.state_since.add(instance.deregister_after);
+                    let due = instance.state_since.plus(instance.deregister_after);
                     now_i + due.since(now).get()
                 });
                 let id = instance.id.clone();
@@ -448,7 +465,10 @@ impl Registry {
         let writer = tokio::spawn(core.clone().writer(write_rx));
         let reaper = tokio::spawn(core.clone().reaper());
         let retention = tokio::spawn(core.clone().retention());
-        core.tasks.lock().expect("task list lock").extend([writer, reaper, retention]);
+        core.tasks
+            .lock()
+            .expect("task list lock")
+            .extend([writer, reaper, retention]);
         Ok(registry)
     }
 
@@ -507,7 +527,10 @@ impl Registry {
             let index = st.index;
             let name_s = name.as_str();
             let existed = st.services.contains_key(name_s);
-            let entry = st.services.entry(name_s.to_owned()).or_insert_with(|| ServiceEntry::new(now, index));
+            let entry = st
+                .services
+                .entry(name_s.to_owned())
+                .or_insert_with(|| ServiceEntry::new(now, index));
             if existed && entry.spec == spec && entry.labels == labels {
                 return Ok(self.view_locked(&st, name_s).expect("service exists"));
             }
@@ -516,7 +539,10 @@ impl Registry {
             entry.labels = labels.clone();
             entry.updated_at = now;
             let (kind, message) = if existed {
-                (EventKind::ServiceUpdated, format!("definition changed by {author}"))
+                (
+                    EventKind::ServiceUpdated,
+                    format!("definition changed by {author}"),
+                )
             } else {
                 (EventKind::ServiceCreated, format!("defined by {author}"))
             };
@@ -530,14 +556,24 @@ impl Registry {
                     author: author.to_owned(),
                     time: now,
                 },
-                event(now, kind, name_s, None, message, author, serde_json::json!({"previous": previous, "spec": spec_json})),
+                event(
+                    now,
+                    kind,
+                    name_s,
+                    None,
+                    message,
+                    author,
+                    serde_json::json!({"previous": previous, "spec": spec_json}),
+                ),
             ];
             st.touch(name_s);
             self.core.send_acked(changes)
         };
         self.core.wait(rx).await?;
         let st = self.core.lock();
-        Ok(self.view_locked(&st, name.as_str()).expect("service exists"))
+        Ok(self
+            .view_locked(&st, name.as_str())
+            .expect("service exists"))
     }
 
     /// Registers (or re-registers) an instance of `service`, creating the service if it is
@@ -564,7 +600,8 @@ impl Registry {
             let mut changes = Vec::new();
             if !st.services.contains_key(svc) {
                 let index = st.index;
-                st.services.insert(svc.to_owned(), ServiceEntry::new(now, index));
+                st.services
+                    .insert(svc.to_owned(), ServiceEntry::new(now, index));
                 changes.push(Change::PutResource {
                     kind: SERVICE_KIND.into(),
                     name: svc.to_owned(),
@@ -599,7 +636,15 @@ impl Registry {
                             set_state(&mut entry.instance, to, "registered again".into(), now);
                             entry.removal = None;
                             changes.push(put_instance(svc, &entry.instance));
-                            changes.push(event(now, EventKind::InstanceUp, svc, Some(&id), "registered again".into(), author, serde_json::Value::Null));
+                            changes.push(event(
+                                now,
+                                EventKind::InstanceUp,
+                                svc,
+                                Some(&id),
+                                "registered again".into(),
+                                author,
+                                serde_json::Value::Null,
+                            ));
                         }
                     }
                 }
@@ -614,12 +659,22 @@ impl Registry {
                         }
                         entry.instance.last_check = None;
                         if reg.check.is_some() {
-                            set_state(&mut entry.instance, InstanceState::Starting, "check changed; waiting for it to pass".into(), now);
+                            set_state(
+                                &mut entry.instance,
+                                InstanceState::Starting,
+                                "check changed; waiting for it to pass".into(),
+                                now,
+                            );
                             entry.lease = None;
                             restart_check = true;
                         } else {
                             let to = recovered_state(&entry.instance);
-                            set_state(&mut entry.instance, to, "check removed; heartbeats decide liveness".into(), now);
+                            set_state(
+                                &mut entry.instance,
+                                to,
+                                "check removed; heartbeats decide liveness".into(),
+                                now,
+                            );
                             entry.lease = Some(now_i + ttl.get());
                             new_lease = true;
                         }
@@ -641,7 +696,10 @@ impl Registry {
                         EventKind::InstanceUpdated,
                         svc,
                         Some(&id),
-                        format!("registered again with different details; now {}", entry.instance.state),
+                        format!(
+                            "registered again with different details; now {}",
+                            entry.instance.state
+                        ),
                         author,
                         serde_json::json!({"before": before, "after": after}),
                     ));
@@ -649,7 +707,10 @@ impl Registry {
                 None => {
                     let has_check = reg.check.is_some();
                     let (state, reason) = if has_check {
-                        (InstanceState::Starting, "registered; waiting for the first check to pass")
+                        (
+                            InstanceState::Starting,
+                            "registered; waiting for the first check to pass",
+                        )
                     } else {
                         (InstanceState::Up, "registered")
                     };
@@ -678,7 +739,10 @@ impl Registry {
                         last_check: None,
                     };
                     apply_registration(&mut instance, &reg);
-                    let message = format!("registered at {}:{}, {state}", instance.address, instance.port);
+                    let message = format!(
+                        "registered at {}:{}, {state}",
+                        instance.address, instance.port
+                    );
                     changes.push(put_instance(svc, &instance));
                     changes.push(event(now, EventKind::InstanceRegistered, svc, Some(&id), message, author, serde_json::json!({"address": instance.address, "port": instance.port, "zone": instance.zone, "version": instance.version})));
                     service_entry.instances.insert(
@@ -720,7 +784,11 @@ impl Registry {
         let now = core.clock.now();
         let rx = {
             let mut st = core.lock();
-            let Some(entry) = st.services.get_mut(service).and_then(|s| s.instances.get_mut(id)) else {
+            let Some(entry) = st
+                .services
+                .get_mut(service)
+                .and_then(|s| s.instances.get_mut(id))
+            else {
                 return Err(not_found(service, id));
             };
             entry.instance.last_heartbeat = Some(now);
@@ -734,7 +802,15 @@ impl Registry {
                 set_state(&mut entry.instance, to, "heartbeats resumed".into(), now);
                 entry.removal = None;
                 changes.push(put_instance(service, &entry.instance));
-                changes.push(event(now, EventKind::InstanceUp, service, Some(id), format!("heartbeats resumed; {to}"), SYSTEM_AUTHOR, serde_json::Value::Null));
+                changes.push(event(
+                    now,
+                    EventKind::InstanceUp,
+                    service,
+                    Some(id),
+                    format!("heartbeats resumed; {to}"),
+                    SYSTEM_AUTHOR,
+                    serde_json::Value::Null,
+                ));
             }
             if rearm {
                 st.arm_lease(service, id);
@@ -762,23 +838,41 @@ impl Registry {
         let now = core.clock.now();
         let rx = {
             let mut st = core.lock();
-            let Some(entry) = st.services.get_mut(service).and_then(|s| s.instances.get_mut(id)) else {
+            let Some(entry) = st
+                .services
+                .get_mut(service)
+                .and_then(|s| s.instances.get_mut(id))
+            else {
                 return Err(not_found(service, id));
             };
             let inst = &mut entry.instance;
             let (kind, message) = match (to, inst.state) {
-                (InstanceState::Draining, InstanceState::Draining) | (InstanceState::Up, InstanceState::Up) => {
+                (InstanceState::Draining, InstanceState::Draining)
+                | (InstanceState::Up, InstanceState::Up) => {
                     return Ok(inst.clone());
                 }
                 (InstanceState::Draining, InstanceState::Up | InstanceState::Starting) => {
                     inst.drained = true;
-                    set_state(inst, InstanceState::Draining, format!("drained by {author}"), now);
+                    set_state(
+                        inst,
+                        InstanceState::Draining,
+                        format!("drained by {author}"),
+                        now,
+                    );
                     (EventKind::InstanceDraining, format!("drained by {author}"))
                 }
                 (InstanceState::Up, InstanceState::Draining) => {
                     inst.drained = false;
-                    set_state(inst, InstanceState::Up, format!("returned to service by {author}"), now);
-                    (EventKind::InstanceUp, format!("returned to service by {author}"))
+                    set_state(
+                        inst,
+                        InstanceState::Up,
+                        format!("returned to service by {author}"),
+                        now,
+                    );
+                    (
+                        EventKind::InstanceUp,
+                        format!("returned to service by {author}"),
+                    )
                 }
                 (InstanceState::Draining | InstanceState::Up, current) => {
                     return Err(RegistryError::Conflict(format!(
@@ -787,15 +881,28 @@ impl Registry {
                     )));
                 }
                 (other, _) => {
-                    return Err(RegistryError::Invalid(vec![ieum_model::ValidationError::new(
-                        "E1214",
-                        "state",
-                        format!("`{other}` cannot be set by hand: use `draining` or `up`"),
-                    )]));
+                    return Err(RegistryError::Invalid(vec![
+                        ieum_model::ValidationError::new(
+                            "E1214",
+                            "state",
+                            format!("`{other}` cannot be set by hand: use `draining` or `up`"),
+                        ),
+                    ]));
                 }
             };
             let result = inst.clone();
-            let changes = vec![put_instance(service, inst), event(now, kind, service, Some(id), message, author, serde_json::Value::Null)];
+            let changes = vec![
+                put_instance(service, inst),
+                event(
+                    now,
+                    kind,
+                    service,
+                    Some(id),
+                    message,
+                    author,
+                    serde_json::Value::Null,
+                ),
+            ];
             st.touch(service);
             (core.send_acked(changes), result)
         };
@@ -804,20 +911,40 @@ impl Registry {
     }
 
     /// Removes an instance at its own (or an operator's) request.
-    pub async fn deregister(&self, service: &str, id: &str, author: &str) -> Result<(), RegistryError> {
+    pub async fn deregister(
+        &self,
+        service: &str,
+        id: &str,
+        author: &str,
+    ) -> Result<(), RegistryError> {
         let core = &self.core;
         let now = core.clock.now();
         let rx = {
             let mut st = core.lock();
-            let Some(entry) = st.services.get_mut(service).and_then(|s| s.instances.remove(id)) else {
+            let Some(entry) = st
+                .services
+                .get_mut(service)
+                .and_then(|s| s.instances.remove(id))
+            else {
                 return Err(not_found(service, id));
             };
             if let Some((_, h)) = entry.check {
                 h.abort();
             }
             let changes = vec![
-                Change::DeleteInstance { service: service.to_owned(), id: id.to_owned() },
-                event(now, EventKind::InstanceDeregistered, service, Some(id), format!("deregistered by {author} (was {})", entry.instance.state), author, serde_json::Value::Null),
+                Change::DeleteInstance {
+                    service: service.to_owned(),
+                    id: id.to_owned(),
+                },
+                event(
+                    now,
+                    EventKind::InstanceDeregistered,
+                    service,
+                    Some(id),
+                    format!("deregistered by {author} (was {})", entry.instance.state),
+                    author,
+                    serde_json::Value::Null,
+                ),
             ];
             st.touch(service);
             core.send_acked(changes)
@@ -895,10 +1022,9 @@ impl Registry {
     ) -> Result<(u64, Vec<Instance>), RegistryError> {
         let mut rx = {
             let st = self.core.lock();
-            let s = st
-                .services
-                .get(service)
-                .ok_or_else(|| RegistryError::NotFound(format!("service `{service}` is not registered")))?;
+            let s = st.services.get(service).ok_or_else(|| {
+                RegistryError::NotFound(format!("service `{service}` is not registered"))
+            })?;
             match index {
                 Some(i) if s.index <= i => s.watch.subscribe(),
                 _ => return Ok(select(s, filter)),
@@ -907,10 +1033,9 @@ impl Registry {
         let after = index.unwrap_or(0);
         let _ = tokio::time::timeout(wait, rx.wait_for(|v| *v > after)).await;
         let st = self.core.lock();
-        let s = st
-            .services
-            .get(service)
-            .ok_or_else(|| RegistryError::NotFound(format!("service `{service}` is not registered")))?;
+        let s = st.services.get(service).ok_or_else(|| {
+            RegistryError::NotFound(format!("service `{service}` is not registered"))
+        })?;
         Ok(select(s, filter))
     }
 
@@ -940,7 +1065,6 @@ impl Registry {
             },
         }
     }
-
 }
 
 fn select(s: &ServiceEntry, filter: &InstanceFilter) -> (u64, Vec<Instance>) {
@@ -949,7 +1073,12 @@ fn select(s: &ServiceEntry, filter: &InstanceFilter) -> (u64, Vec<Instance>) {
         .values()
         .map(|e| &e.instance)
         .filter(|i| filter.state.is_none_or(|st| i.state == st))
-        .filter(|i| filter.zone.as_deref().is_none_or(|z| i.zone.as_deref() == Some(z)))
+        .filter(|i| {
+            filter
+                .zone
+                .as_deref()
+                .is_none_or(|z| i.zone.as_deref() == Some(z))
+        })
         .cloned()
         .collect();
     (s.index, list)
@@ -981,7 +1110,9 @@ impl Core {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock would be a bug; the state is still the best we
         // have, so keep serving it.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn send(&self, changes: Vec<Change>, ack: Option<oneshot::Sender<Result<Vec<Event>, String>>>) {
@@ -996,10 +1127,15 @@ impl Core {
         rx
     }
 
-    async fn wait(&self, rx: oneshot::Receiver<Result<Vec<Event>, String>>) -> Result<Vec<Event>, RegistryError> {
+    async fn wait(
+        &self,
+        rx: oneshot::Receiver<Result<Vec<Event>, String>>,
+    ) -> Result<Vec<Event>, RegistryError> {
         match rx.await {
             Ok(Ok(events)) => Ok(events),
-            Ok(Err(e)) => Err(RegistryError::Storage(ieum_store::StoreError::Unavailable(e))),
+            Ok(Err(e)) => Err(RegistryError::Storage(ieum_store::StoreError::Unavailable(
+                e,
+            ))),
             Err(_) => Err(RegistryError::ShuttingDown),
         }
     }
@@ -1024,8 +1160,15 @@ impl Core {
                     Err(_) => break,
                 }
             }
-            let counts: Vec<usize> =
-                jobs.iter().map(|j| j.changes.iter().filter(|c| matches!(c, Change::Event(_))).count()).collect();
+            let counts: Vec<usize> = jobs
+                .iter()
+                .map(|j| {
+                    j.changes
+                        .iter()
+                        .filter(|c| matches!(c, Change::Event(_)))
+                        .count()
+                })
+                .collect();
             let mut changes = Vec::with_capacity(size);
             let mut acks = Vec::with_capacity(jobs.len());
             for j in jobs {
@@ -1038,12 +1181,16 @@ impl Core {
                     {
                         let mut st = self.lock();
                         for e in &events {
-                            if let Some(s) = e.service.as_deref().and_then(|n| st.services.get_mut(n)) {
+                            if let Some(s) =
+                                e.service.as_deref().and_then(|n| st.services.get_mut(n))
+                            {
                                 s.last_event = Some(e.clone());
                             }
                         }
                         for (kind, name, revision) in revisions {
-                            if let Some(s) = st.services.get_mut(&name).filter(|_| kind == SERVICE_KIND) {
+                            if let Some(s) =
+                                st.services.get_mut(&name).filter(|_| kind == SERVICE_KIND)
+                            {
                                 s.revision = s.revision.max(revision);
                             }
                         }
@@ -1098,14 +1245,22 @@ impl Core {
         let mut touched = BTreeSet::new();
         let mut expired = 0usize;
         while st.timers.peek().is_some_and(|Reverse(t)| t.at <= now_i) {
-            let Some(Reverse(timer)) = st.timers.pop() else { break };
-            let Some(entry) = st.services.get_mut(&timer.service).and_then(|s| s.instances.get_mut(&timer.id)) else {
+            let Some(Reverse(timer)) = st.timers.pop() else {
+                break;
+            };
+            let Some(entry) = st
+                .services
+                .get_mut(&timer.service)
+                .and_then(|s| s.instances.get_mut(&timer.id))
+            else {
                 continue;
             };
             match timer.kind {
                 TimerKind::Lease if timer.generation == entry.lease_generation => {
                     entry.lease_queued = false;
-                    let Some(deadline) = entry.lease else { continue };
+                    let Some(deadline) = entry.lease else {
+                        continue;
+                    };
                     if deadline > now_i {
                         // Heartbeats moved the lease: re-arm at the new deadline.
                         st.arm_lease(&timer.service, &timer.id);
@@ -1116,9 +1271,22 @@ impl Core {
                     }
                     let ttl = entry.instance.ttl;
                     let reason = format!("missed heartbeats for {ttl}");
-                    set_state(&mut entry.instance, InstanceState::Down, reason.clone(), now);
+                    set_state(
+                        &mut entry.instance,
+                        InstanceState::Down,
+                        reason.clone(),
+                        now,
+                    );
                     changes.push(put_instance(&timer.service, &entry.instance));
-                    changes.push(event(now, EventKind::InstanceDown, &timer.service, Some(&timer.id), reason, SYSTEM_AUTHOR, serde_json::json!({"ttl": ttl})));
+                    changes.push(event(
+                        now,
+                        EventKind::InstanceDown,
+                        &timer.service,
+                        Some(&timer.id),
+                        reason,
+                        SYSTEM_AUTHOR,
+                        serde_json::json!({"ttl": ttl}),
+                    ));
                     let removal = now_i + entry.instance.deregister_after.get();
                     st.arm_removal(&timer.service, &timer.id, removal);
                     touched.insert(timer.service.clone());
@@ -1134,14 +1302,31 @@ impl Core {
                         st.arm_removal(&timer.service, &timer.id, later);
                         continue;
                     }
-                    let service = st.services.get_mut(&timer.service).expect("service holds the entry");
-                    let entry = service.instances.remove(&timer.id).expect("entry was just found");
+                    let service = st
+                        .services
+                        .get_mut(&timer.service)
+                        .expect("service holds the entry");
+                    let entry = service
+                        .instances
+                        .remove(&timer.id)
+                        .expect("entry was just found");
                     if let Some((_, h)) = entry.check {
                         h.abort();
                     }
                     let after = entry.instance.deregister_after;
-                    changes.push(Change::DeleteInstance { service: timer.service.clone(), id: timer.id.clone() });
-                    changes.push(event(now, EventKind::InstanceExpired, &timer.service, Some(&timer.id), format!("removed after being down for {after}"), SYSTEM_AUTHOR, serde_json::Value::Null));
+                    changes.push(Change::DeleteInstance {
+                        service: timer.service.clone(),
+                        id: timer.id.clone(),
+                    });
+                    changes.push(event(
+                        now,
+                        EventKind::InstanceExpired,
+                        &timer.service,
+                        Some(&timer.id),
+                        format!("removed after being down for {after}"),
+                        SYSTEM_AUTHOR,
+                        serde_json::Value::Null,
+                    ));
                     touched.insert(timer.service.clone());
                 }
                 _ => {}
@@ -1157,12 +1342,23 @@ impl Core {
         }
     }
 
-    fn protection(&self, st: &mut State, now: Timestamp, now_i: Instant, expired: usize, changes: &mut Vec<Change>) {
+    fn protection(
+        &self,
+        st: &mut State,
+        now: Timestamp,
+        now_i: Instant,
+        expired: usize,
+        changes: &mut Vec<Change>,
+    ) {
         let o = &self.options;
         let window = o.protection_window.get();
         let p = &mut st.protection;
         p.expiries.extend(std::iter::repeat_n(now_i, expired));
-        while p.expiries.front().is_some_and(|t| now_i.duration_since(*t) > window) {
+        while p
+            .expiries
+            .front()
+            .is_some_and(|t| now_i.duration_since(*t) > window)
+        {
             p.expiries.pop_front();
         }
         let recent = p.expiries.len();
@@ -1170,7 +1366,15 @@ impl Core {
         let totals = st.totals();
         let limit = o.protection_threshold * totals.total as f64;
         let system_event = |kind, message: String, data| {
-            Change::Event(NewEvent { time: now, kind, service: None, instance: None, message, author: SYSTEM_AUTHOR.into(), data })
+            Change::Event(NewEvent {
+                time: now,
+                kind,
+                service: None,
+                instance: None,
+                message,
+                author: SYSTEM_AUTHOR.into(),
+                data,
+            })
         };
         if !active && totals.total >= o.protection_min_instances && recent as f64 > limit {
             st.protection.active = true;
@@ -1183,7 +1387,11 @@ impl Core {
                 ),
                 serde_json::json!({"missed": recent, "total": totals.total}),
             ));
-            tracing::warn!(missed = recent, total = totals.total, "entering mass-failure protection");
+            tracing::warn!(
+                missed = recent,
+                total = totals.total,
+                "entering mass-failure protection"
+            );
         } else if active {
             let lease_down = st
                 .services
@@ -1208,7 +1416,7 @@ impl Core {
     async fn retention(self: Arc<Self>) {
         let every = std::time::Duration::from_secs(3600);
         loop {
-            let cutoff = self.clock.now().sub(self.options.event_retention);
+            let cutoff = self.clock.now().minus(self.options.event_retention);
             match self.store.prune_events(cutoff).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "pruned events past retention"),
@@ -1224,8 +1432,16 @@ impl Core {
     /// Starts (or restarts) the active check of an instance.
     fn start_check(self: &Arc<Self>, st: &mut State, service: &str, id: &str) {
         let generation = st.generation();
-        let Some(entry) = st.services.get_mut(service).and_then(|s| s.instances.get_mut(id)) else { return };
-        let Some(check) = entry.instance.check.clone() else { return };
+        let Some(entry) = st
+            .services
+            .get_mut(service)
+            .and_then(|s| s.instances.get_mut(id))
+        else {
+            return;
+        };
+        let Some(check) = entry.instance.check.clone() else {
+            return;
+        };
         if let Some((_, h)) = entry.check.take() {
             h.abort();
         }
@@ -1257,32 +1473,60 @@ impl Core {
     fn check_result(&self, service: &str, id: &str, generation: u64, result: check::Outcome) {
         let now = self.clock.now();
         let mut st = self.lock();
-        let Some(entry) = st.services.get_mut(service).and_then(|s| s.instances.get_mut(id)) else { return };
+        let Some(entry) = st
+            .services
+            .get_mut(service)
+            .and_then(|s| s.instances.get_mut(id))
+        else {
+            return;
+        };
         if entry.check.as_ref().map(|(g, _)| *g) != Some(generation) {
             return;
         }
-        entry.instance.last_check = Some(CheckResult { at: now, passed: result.passed, output: result.output.clone() });
+        entry.instance.last_check = Some(CheckResult {
+            at: now,
+            passed: result.passed,
+            output: result.output.clone(),
+        });
         let state = entry.instance.state;
         let (to, kind, message) = match (result.passed, state) {
             (true, InstanceState::Starting | InstanceState::Down) => {
                 let to = recovered_state(&entry.instance);
-                (to, EventKind::InstanceUp, format!("check passed: {}", result.output))
+                (
+                    to,
+                    EventKind::InstanceUp,
+                    format!("check passed: {}", result.output),
+                )
             }
             // A starting instance that fails stays `starting` (booting apps fail checks for a
             // while); the failure shows as its last check output.
-            (false, InstanceState::Up | InstanceState::Draining) => {
-                (InstanceState::Down, EventKind::InstanceDown, format!("check failed: {}", result.output))
-            }
+            (false, InstanceState::Up | InstanceState::Draining) => (
+                InstanceState::Down,
+                EventKind::InstanceDown,
+                format!("check failed: {}", result.output),
+            ),
             _ => return,
         };
         set_state(&mut entry.instance, to, message.clone(), now);
         let mut changes = vec![put_instance(service, &entry.instance)];
-        changes.push(event(now, kind, service, Some(id), message, SYSTEM_AUTHOR, serde_json::json!({"output": result.output})));
+        changes.push(event(
+            now,
+            kind,
+            service,
+            Some(id),
+            message,
+            SYSTEM_AUTHOR,
+            serde_json::json!({"output": result.output}),
+        ));
         let deregister_after = entry.instance.deregister_after.get();
         if to == InstanceState::Down {
             st.arm_removal(service, id, Instant::now() + deregister_after);
             self.reaper_wake.notify_one();
-        } else if let Some(e) = st.services.get_mut(service).and_then(|s| s.instances.get_mut(id)) {
+        } else if let Some(e) = st
+            .services
+            .get_mut(service)
+            .and_then(|s| s.instances.get_mut(id))
+        {
             e.removal = None;
         }
         st.touch(service);
@@ -1293,6 +1537,8 @@ impl Core {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("store", &self.core.store.backend()).finish_non_exhaustive()
+        f.debug_struct("Registry")
+            .field("store", &self.core.store.backend())
+            .finish_non_exhaustive()
     }
 }

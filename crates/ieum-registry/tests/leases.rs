@@ -1,6 +1,8 @@
 //! Lease expiry, recovery, removal, drains, protection and blocking queries, with paused
 //! time over the in-memory store.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
@@ -29,14 +31,22 @@ fn reg(id: &str, ttl_secs: u64) -> InstanceRegistration {
 }
 
 fn state(r: &Registry, service: &str, id: &str) -> Option<InstanceState> {
-    r.service(service)?.instances.into_iter().find(|i| i.id == id).map(|i| i.state)
+    r.service(service)?
+        .instances
+        .into_iter()
+        .find(|i| i.id == id)
+        .map(|i| i.state)
 }
 
 /// Events of a kind, oldest first, once the writer has stored them.
 async fn events(store: &MemoryStore, kind: EventKind) -> Vec<ieum_model::Event> {
     sleep(StdDuration::from_millis(1)).await;
     store
-        .events(&EventQuery { kinds: vec![kind], order: Order::OldestFirst, ..Default::default() })
+        .events(&EventQuery {
+            kinds: vec![kind],
+            order: Order::OldestFirst,
+            ..Default::default()
+        })
         .await
         .unwrap()
 }
@@ -45,21 +55,35 @@ async fn events(store: &MemoryStore, kind: EventKind) -> Vec<ieum_model::Event> 
 async fn a_missed_lease_marks_the_instance_down_within_a_second() {
     let store = Arc::new(MemoryStore::new());
     let r = start(store.clone(), Options::default()).await;
-    let out = r.register(&name("orders"), reg("a", 5), "local").await.unwrap();
+    let out = r
+        .register(&name("orders"), reg("a", 5), "local")
+        .await
+        .unwrap();
     assert!(out.created);
     assert_eq!(out.ttl, Duration::from_secs(5));
     assert_eq!(state(&r, "orders", "a"), Some(InstanceState::Up));
 
     sleep(StdDuration::from_millis(4_900)).await;
-    assert_eq!(state(&r, "orders", "a"), Some(InstanceState::Up), "still inside the lease");
+    assert_eq!(
+        state(&r, "orders", "a"),
+        Some(InstanceState::Up),
+        "still inside the lease"
+    );
 
     sleep(StdDuration::from_millis(1_000)).await;
-    assert_eq!(state(&r, "orders", "a"), Some(InstanceState::Down), "lease ran out 0.9s ago");
+    assert_eq!(
+        state(&r, "orders", "a"),
+        Some(InstanceState::Down),
+        "lease ran out 0.9s ago"
+    );
     let down = events(&store, EventKind::InstanceDown).await;
     assert_eq!(down.len(), 1);
     assert_eq!(down[0].message, "missed heartbeats for 5s");
     let late = down[0].time.since(Timestamp::from_millis(T0 + 5_000));
-    assert!(late <= Duration::from_secs(1), "down {late} after the lease ran out");
+    assert!(
+        late <= Duration::from_secs(1),
+        "down {late} after the lease ran out"
+    );
     r.shutdown().await;
 }
 
@@ -67,7 +91,9 @@ async fn a_missed_lease_marks_the_instance_down_within_a_second() {
 async fn heartbeats_keep_it_up_and_bring_it_back() {
     let store = Arc::new(MemoryStore::new());
     let r = start(store.clone(), Options::default()).await;
-    r.register(&name("orders"), reg("a", 5), "local").await.unwrap();
+    r.register(&name("orders"), reg("a", 5), "local")
+        .await
+        .unwrap();
     for _ in 0..15 {
         sleep(StdDuration::from_secs(4)).await;
         r.heartbeat("orders", "a").await.unwrap();
@@ -75,7 +101,11 @@ async fn heartbeats_keep_it_up_and_bring_it_back() {
     assert_eq!(state(&r, "orders", "a"), Some(InstanceState::Up));
     assert!(events(&store, EventKind::InstanceDown).await.is_empty());
     let up_since = r.service("orders").unwrap().instances[0].up_since.unwrap();
-    assert_eq!(up_since, Timestamp::from_millis(T0), "uptime counts from registration");
+    assert_eq!(
+        up_since,
+        Timestamp::from_millis(T0),
+        "uptime counts from registration"
+    );
 
     sleep(StdDuration::from_secs(7)).await;
     assert_eq!(state(&r, "orders", "a"), Some(InstanceState::Down));
@@ -83,8 +113,14 @@ async fn heartbeats_keep_it_up_and_bring_it_back() {
     let inst = r.service("orders").unwrap().instances.remove(0);
     assert_eq!(inst.state, InstanceState::Up);
     assert_eq!(inst.state_reason, "heartbeats resumed");
-    let restarted = inst.up_since.unwrap().since(Timestamp::from_millis(T0 + 67_000));
-    assert!(restarted < Duration::from_millis(10), "uptime restarts at the recovery, not {restarted}");
+    let restarted = inst
+        .up_since
+        .unwrap()
+        .since(Timestamp::from_millis(T0 + 67_000));
+    assert!(
+        restarted < Duration::from_millis(10),
+        "uptime restarts at the recovery, not {restarted}"
+    );
     assert_eq!(events(&store, EventKind::InstanceUp).await.len(), 1);
 
     // And the re-armed lease still expires.
@@ -106,18 +142,30 @@ async fn unknown_instances_get_not_found_so_clients_register_again() {
 async fn instances_down_past_deregister_after_are_removed() {
     let store = Arc::new(MemoryStore::new());
     let r = start(store.clone(), Options::default()).await;
-    r.register(&name("orders"), reg("a", 5), "local").await.unwrap();
+    r.register(&name("orders"), reg("a", 5), "local")
+        .await
+        .unwrap();
     sleep(StdDuration::from_secs(6)).await;
     assert_eq!(state(&r, "orders", "a"), Some(InstanceState::Down));
     sleep(StdDuration::from_secs(55)).await;
-    assert_eq!(state(&r, "orders", "a"), Some(InstanceState::Down), "60s not over yet");
+    assert_eq!(
+        state(&r, "orders", "a"),
+        Some(InstanceState::Down),
+        "60s not over yet"
+    );
     sleep(StdDuration::from_secs(6)).await;
     assert_eq!(state(&r, "orders", "a"), None);
     let expired = events(&store, EventKind::InstanceExpired).await;
     assert_eq!(expired.len(), 1);
     assert_eq!(expired[0].instance.as_deref(), Some("a"));
-    assert!(store.instances().await.unwrap().is_empty(), "removal is durable");
-    assert!(matches!(r.heartbeat("orders", "a").await, Err(RegistryError::NotFound(_))));
+    assert!(
+        store.instances().await.unwrap().is_empty(),
+        "removal is durable"
+    );
+    assert!(matches!(
+        r.heartbeat("orders", "a").await,
+        Err(RegistryError::NotFound(_))
+    ));
     r.shutdown().await;
 }
 
@@ -125,8 +173,14 @@ async fn instances_down_past_deregister_after_are_removed() {
 async fn re_registering_is_idempotent_and_changes_are_events() {
     let store = Arc::new(MemoryStore::new());
     let r = start(store.clone(), Options::default()).await;
-    let first = r.register(&name("orders"), reg("a", 5), "local").await.unwrap();
-    let again = r.register(&name("orders"), reg("a", 5), "local").await.unwrap();
+    let first = r
+        .register(&name("orders"), reg("a", 5), "local")
+        .await
+        .unwrap();
+    let again = r
+        .register(&name("orders"), reg("a", 5), "local")
+        .await
+        .unwrap();
     assert!(first.created && !again.created);
     assert_eq!(r.service("orders").unwrap().instances.len(), 1);
     assert_eq!(events(&store, EventKind::InstanceRegistered).await.len(), 1);
@@ -142,7 +196,14 @@ async fn re_registering_is_idempotent_and_changes_are_events() {
     assert_eq!(updated[0].data["after"]["port"], 9090);
 
     // A generated id is returned when the registration has none.
-    let generated = r.register(&name("orders"), InstanceRegistration::new("10.0.0.2", 80), "local").await.unwrap();
+    let generated = r
+        .register(
+            &name("orders"),
+            InstanceRegistration::new("10.0.0.2", 80),
+            "local",
+        )
+        .await
+        .unwrap();
     assert_eq!(generated.id.len(), 12);
     assert_eq!(generated.ttl, Duration::from_secs(15));
     r.shutdown().await;
@@ -152,11 +213,21 @@ async fn re_registering_is_idempotent_and_changes_are_events() {
 async fn registering_under_an_unknown_service_creates_it() {
     let store = Arc::new(MemoryStore::new());
     let r = start(store.clone(), Options::default()).await;
-    r.register(&name("stock"), reg("a", 5), "alice").await.unwrap();
+    r.register(&name("stock"), reg("a", 5), "alice")
+        .await
+        .unwrap();
     let created = events(&store, EventKind::ServiceCreated).await;
     assert_eq!(created.len(), 1);
     assert_eq!(created[0].author, "alice");
-    assert_eq!(store.resource("Service", "stock").await.unwrap().unwrap().revision, 1);
+    assert_eq!(
+        store
+            .resource("Service", "stock")
+            .await
+            .unwrap()
+            .unwrap()
+            .revision,
+        1
+    );
     assert_eq!(r.service("stock").unwrap().revision, 1);
     r.shutdown().await;
 }
@@ -165,24 +236,48 @@ async fn registering_under_an_unknown_service_creates_it() {
 async fn drains_survive_a_down_and_back() {
     let store = Arc::new(MemoryStore::new());
     let r = start(store.clone(), Options::default()).await;
-    r.register(&name("orders"), reg("a", 5), "local").await.unwrap();
-    let drained = r.set_state("orders", "a", InstanceState::Draining, "bob").await.unwrap();
+    r.register(&name("orders"), reg("a", 5), "local")
+        .await
+        .unwrap();
+    let drained = r
+        .set_state("orders", "a", InstanceState::Draining, "bob")
+        .await
+        .unwrap();
     assert_eq!(drained.state, InstanceState::Draining);
-    assert_eq!(drained.up_since, Some(Timestamp::from_millis(T0)), "a drain keeps the uptime");
+    assert_eq!(
+        drained.up_since,
+        Some(Timestamp::from_millis(T0)),
+        "a drain keeps the uptime"
+    );
     let ev = events(&store, EventKind::InstanceDraining).await;
     assert_eq!(ev[0].message, "drained by bob");
 
     sleep(StdDuration::from_secs(6)).await;
     assert_eq!(state(&r, "orders", "a"), Some(InstanceState::Down));
-    let err = r.set_state("orders", "a", InstanceState::Up, "bob").await.unwrap_err();
+    let err = r
+        .set_state("orders", "a", InstanceState::Up, "bob")
+        .await
+        .unwrap_err();
     assert!(matches!(err, RegistryError::Conflict(_)), "{err}");
     r.heartbeat("orders", "a").await.unwrap();
-    assert_eq!(state(&r, "orders", "a"), Some(InstanceState::Draining), "recovers into draining");
+    assert_eq!(
+        state(&r, "orders", "a"),
+        Some(InstanceState::Draining),
+        "recovers into draining"
+    );
 
-    r.set_state("orders", "a", InstanceState::Up, "bob").await.unwrap();
+    r.set_state("orders", "a", InstanceState::Up, "bob")
+        .await
+        .unwrap();
     assert_eq!(state(&r, "orders", "a"), Some(InstanceState::Up));
-    let err = r.set_state("orders", "a", InstanceState::Down, "bob").await.unwrap_err();
-    assert!(matches!(err, RegistryError::Invalid(ref e) if e[0].code == "E1214"), "{err}");
+    let err = r
+        .set_state("orders", "a", InstanceState::Down, "bob")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::Invalid(ref e) if e[0].code == "E1214"),
+        "{err}"
+    );
     r.shutdown().await;
 }
 
@@ -190,12 +285,17 @@ async fn drains_survive_a_down_and_back() {
 async fn deregistration_removes_and_records_who() {
     let store = Arc::new(MemoryStore::new());
     let r = start(store.clone(), Options::default()).await;
-    r.register(&name("orders"), reg("a", 5), "local").await.unwrap();
+    r.register(&name("orders"), reg("a", 5), "local")
+        .await
+        .unwrap();
     r.deregister("orders", "a", "carol").await.unwrap();
     assert_eq!(state(&r, "orders", "a"), None);
     let ev = events(&store, EventKind::InstanceDeregistered).await;
     assert_eq!(ev[0].author, "carol");
-    assert!(matches!(r.deregister("orders", "a", "carol").await, Err(RegistryError::NotFound(_))));
+    assert!(matches!(
+        r.deregister("orders", "a", "carol").await,
+        Err(RegistryError::NotFound(_))
+    ));
     // Its lease timer fires later and must find nothing to do.
     sleep(StdDuration::from_secs(10)).await;
     assert!(events(&store, EventKind::InstanceDown).await.is_empty());
@@ -207,7 +307,9 @@ async fn mass_failure_keeps_instances_and_recovery_resumes_removal() {
     let store = Arc::new(MemoryStore::new());
     let r = start(store.clone(), Options::default()).await;
     for i in 0..20 {
-        r.register(&name("orders"), reg(&format!("i{i}"), 5), "local").await.unwrap();
+        r.register(&name("orders"), reg(&format!("i{i}"), 5), "local")
+            .await
+            .unwrap();
     }
     // Only 5 of 20 keep heartbeating: 75% miss within one window.
     for _ in 0..4 {
@@ -221,7 +323,11 @@ async fn mass_failure_keeps_instances_and_recovery_resumes_removal() {
     assert_eq!(status.instances.down, 15, "down is still recorded");
     let entered = events(&store, EventKind::ProtectionEntered).await;
     assert_eq!(entered.len(), 1);
-    assert!(entered[0].message.starts_with("15 of 20 instances"), "{}", entered[0].message);
+    assert!(
+        entered[0].message.starts_with("15 of 20 instances"),
+        "{}",
+        entered[0].message
+    );
 
     // Well past deregisterAfter (60s): nothing is removed while protected.
     for _ in 0..30 {
@@ -248,12 +354,22 @@ async fn protection_does_not_arm_for_small_fleets() {
     let store = Arc::new(MemoryStore::new());
     let r = start(store.clone(), Options::default()).await;
     for i in 0..5 {
-        r.register(&name("orders"), reg(&format!("i{i}"), 5), "local").await.unwrap();
+        r.register(&name("orders"), reg(&format!("i{i}"), 5), "local")
+            .await
+            .unwrap();
     }
     sleep(StdDuration::from_secs(70)).await;
     assert!(!r.status().protection.active);
-    assert!(events(&store, EventKind::ProtectionEntered).await.is_empty());
-    assert_eq!(r.service("orders").unwrap().instances.len(), 0, "all five removed plainly");
+    assert!(
+        events(&store, EventKind::ProtectionEntered)
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        r.service("orders").unwrap().instances.len(),
+        0,
+        "all five removed plainly"
+    );
     assert_eq!(events(&store, EventKind::InstanceExpired).await.len(), 5);
     r.shutdown().await;
 }
@@ -262,22 +378,41 @@ async fn protection_does_not_arm_for_small_fleets() {
 async fn restored_leases_get_one_ttl_of_grace() {
     let store = Arc::new(MemoryStore::new());
     let r = start(store.clone(), Options::default()).await;
-    r.register(&name("orders"), reg("a", 5), "local").await.unwrap();
-    r.register(&name("orders"), reg("b", 5), "local").await.unwrap();
+    r.register(&name("orders"), reg("a", 5), "local")
+        .await
+        .unwrap();
+    r.register(&name("orders"), reg("b", 5), "local")
+        .await
+        .unwrap();
     r.shutdown().await;
 
     // The server was away for a minute: far longer than the lease.
     sleep(StdDuration::from_secs(60)).await;
     let r = start(store.clone(), Options::default()).await;
-    assert_eq!(state(&r, "orders", "a"), Some(InstanceState::Up), "not down right after a restart");
+    assert_eq!(
+        state(&r, "orders", "a"),
+        Some(InstanceState::Up),
+        "not down right after a restart"
+    );
     let started = events(&store, EventKind::RegistryStarted).await;
-    assert_eq!(started.last().unwrap().message, "started; restored 2 instances of 1 services");
+    assert_eq!(
+        started.last().unwrap().message,
+        "started; restored 2 instances of 1 services"
+    );
 
     sleep(StdDuration::from_secs(3)).await;
     r.heartbeat("orders", "a").await.unwrap();
     sleep(StdDuration::from_secs(3)).await;
-    assert_eq!(state(&r, "orders", "a"), Some(InstanceState::Up), "heartbeating instance stays up");
-    assert_eq!(state(&r, "orders", "b"), Some(InstanceState::Down), "silent one expires after the grace");
+    assert_eq!(
+        state(&r, "orders", "a"),
+        Some(InstanceState::Up),
+        "heartbeating instance stays up"
+    );
+    assert_eq!(
+        state(&r, "orders", "b"),
+        Some(InstanceState::Down),
+        "silent one expires after the grace"
+    );
     r.shutdown().await;
 }
 
@@ -285,22 +420,44 @@ async fn restored_leases_get_one_ttl_of_grace() {
 async fn blocking_queries_wake_on_change_or_time_out() {
     let store = Arc::new(MemoryStore::new());
     let r = start(store.clone(), Options::default()).await;
-    r.register(&name("orders"), reg("a", 30), "local").await.unwrap();
-    let (index, list) = r.instances("orders", &InstanceFilter::default(), None, StdDuration::ZERO).await.unwrap();
+    r.register(&name("orders"), reg("a", 30), "local")
+        .await
+        .unwrap();
+    let (index, list) = r
+        .instances(
+            "orders",
+            &InstanceFilter::default(),
+            None,
+            StdDuration::ZERO,
+        )
+        .await
+        .unwrap();
     assert_eq!(list.len(), 1);
 
     let waiter = {
         let r = r.clone();
         tokio::spawn(async move {
             let started = tokio::time::Instant::now();
-            let out = r.instances("orders", &InstanceFilter::default(), Some(index), StdDuration::from_secs(30)).await;
+            let out = r
+                .instances(
+                    "orders",
+                    &InstanceFilter::default(),
+                    Some(index),
+                    StdDuration::from_secs(30),
+                )
+                .await;
             (started.elapsed(), out.unwrap())
         })
     };
     sleep(StdDuration::from_secs(2)).await;
-    r.register(&name("orders"), reg("b", 30), "local").await.unwrap();
+    r.register(&name("orders"), reg("b", 30), "local")
+        .await
+        .unwrap();
     let (waited, (new_index, list)) = waiter.await.unwrap();
-    assert!(waited < StdDuration::from_millis(2_100), "woke {waited:?} after start");
+    assert!(
+        waited < StdDuration::from_millis(2_100),
+        "woke {waited:?} after start"
+    );
     assert!(new_index > index);
     assert_eq!(list.len(), 2);
 
@@ -308,7 +465,13 @@ async fn blocking_queries_wake_on_change_or_time_out() {
     let waiter = {
         let r = r.clone();
         tokio::spawn(async move {
-            r.instances("orders", &InstanceFilter::default(), Some(new_index), StdDuration::from_secs(10)).await
+            r.instances(
+                "orders",
+                &InstanceFilter::default(),
+                Some(new_index),
+                StdDuration::from_secs(10),
+            )
+            .await
         })
     };
     sleep(StdDuration::from_secs(1)).await;
@@ -317,9 +480,17 @@ async fn blocking_queries_wake_on_change_or_time_out() {
     assert_eq!(same, new_index);
 
     // Filters apply to what is returned.
-    r.set_state("orders", "b", InstanceState::Draining, "local").await.unwrap();
-    let filter = InstanceFilter { state: Some(InstanceState::Up), zone: None };
-    let (_, up) = r.instances("orders", &filter, None, StdDuration::ZERO).await.unwrap();
+    r.set_state("orders", "b", InstanceState::Draining, "local")
+        .await
+        .unwrap();
+    let filter = InstanceFilter {
+        state: Some(InstanceState::Up),
+        zone: None,
+    };
+    let (_, up) = r
+        .instances("orders", &filter, None, StdDuration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(up.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["a"]);
     assert!(matches!(
         r.instances("nope", &filter, None, StdDuration::ZERO).await,
@@ -331,19 +502,38 @@ async fn blocking_queries_wake_on_change_or_time_out() {
 #[tokio::test(start_paused = true)]
 async fn events_past_retention_are_pruned() {
     let store = Arc::new(MemoryStore::new());
-    let options = Options { event_retention: Duration::from_secs(7200), ..Options::default() };
+    let options = Options {
+        event_retention: Duration::from_secs(7200),
+        ..Options::default()
+    };
     let r = start(store.clone(), options.clone()).await;
-    r.register(&name("orders"), reg("a", 3600), "local").await.unwrap();
+    r.register(&name("orders"), reg("a", 3600), "local")
+        .await
+        .unwrap();
     sleep(StdDuration::from_secs(3600)).await;
     r.heartbeat("orders", "a").await.unwrap();
-    r.register(&name("orders"), reg("b", 3600), "local").await.unwrap();
+    r.register(&name("orders"), reg("b", 3600), "local")
+        .await
+        .unwrap();
     let first_hour = |events: &[ieum_model::Event]| {
-        events.iter().filter(|e| e.time < Timestamp::from_millis(T0 + 3600 * 1000)).count()
+        events
+            .iter()
+            .filter(|e| e.time < Timestamp::from_millis(T0 + 3600 * 1000))
+            .count()
     };
-    assert_eq!(first_hour(&store.events(&EventQuery::default()).await.unwrap()), 3);
+    assert_eq!(
+        first_hour(&store.events(&EventQuery::default()).await.unwrap()),
+        3
+    );
     // The pruner runs hourly; two hours after the first events they go, the later ones stay.
     sleep(StdDuration::from_secs(2 * 3600 + 60)).await;
-    let left = store.events(&EventQuery { order: Order::OldestFirst, ..Default::default() }).await.unwrap();
+    let left = store
+        .events(&EventQuery {
+            order: Order::OldestFirst,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(first_hour(&left), 0, "{left:#?}");
     assert!(left.iter().any(|e| e.instance.as_deref() == Some("b")));
     r.shutdown().await;
@@ -354,11 +544,16 @@ async fn a_failed_write_is_reported_and_marks_storage_unhealthy() {
     let store = Arc::new(MemoryStore::new());
     let r = start(store.clone(), Options::default()).await;
     store.fail_writes(true);
-    let err = r.register(&name("orders"), reg("a", 5), "local").await.unwrap_err();
+    let err = r
+        .register(&name("orders"), reg("a", 5), "local")
+        .await
+        .unwrap_err();
     assert!(matches!(err, RegistryError::Storage(_)), "{err}");
     assert!(!r.status().storage_ok);
     store.fail_writes(false);
-    r.register(&name("orders"), reg("b", 5), "local").await.unwrap();
+    r.register(&name("orders"), reg("b", 5), "local")
+        .await
+        .unwrap();
     assert!(r.status().storage_ok);
     r.shutdown().await;
 }
@@ -371,8 +566,13 @@ async fn invalid_registrations_change_nothing() {
     bad.port = 0;
     bad.ttl = Duration::from_millis(10);
     let err = r.register(&name("orders"), bad, "local").await.unwrap_err();
-    let RegistryError::Invalid(errs) = err else { panic!("expected Invalid") };
-    assert_eq!(errs.iter().map(|e| e.code.as_str()).collect::<Vec<_>>(), ["E1207", "E1212"]);
+    let RegistryError::Invalid(errs) = err else {
+        panic!("expected Invalid")
+    };
+    assert_eq!(
+        errs.iter().map(|e| e.code.as_str()).collect::<Vec<_>>(),
+        ["E1207", "E1212"]
+    );
     assert!(r.service("orders").is_none());
     sleep(StdDuration::from_millis(5)).await;
     assert!(store.resources("Service").await.unwrap().is_empty());

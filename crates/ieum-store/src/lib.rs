@@ -21,6 +21,8 @@ use ieum_model::{Event, EventKind, Instance, Timestamp};
 
 mod memory;
 mod sql;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use memory::MemoryStore;
 pub use sql::{SqlStore, migrate_to};

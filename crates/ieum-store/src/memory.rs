@@ -53,7 +53,9 @@ impl Store for MemoryStore {
 
     async fn commit(&self, batch: &[Change]) -> Result<Committed, StoreError> {
         if self.fail_writes.load(Ordering::Relaxed) {
-            return Err(StoreError::Unavailable("writes are failing (MemoryStore::fail_writes)".into()));
+            return Err(StoreError::Unavailable(
+                "writes are failing (MemoryStore::fail_writes)".into(),
+            ));
         }
         let mut guard = self.data();
         // Work on a copy and swap it in at the end: all or nothing.
@@ -61,7 +63,14 @@ impl Store for MemoryStore {
         let mut out = Committed::default();
         for change in batch {
             match change {
-                Change::PutResource { kind, name, labels, spec, author, time } => {
+                Change::PutResource {
+                    kind,
+                    name,
+                    labels,
+                    spec,
+                    author,
+                    time,
+                } => {
                     let key = (kind.clone(), name.clone());
                     let history = d.revisions.entry(key.clone()).or_default();
                     let revision = history.last().map_or(1, |r| r.revision + 1);
@@ -88,7 +97,12 @@ impl Store for MemoryStore {
                     );
                     out.revisions.push((kind.clone(), name.clone(), revision));
                 }
-                Change::DeleteResource { kind, name, author, time } => {
+                Change::DeleteResource {
+                    kind,
+                    name,
+                    author,
+                    time,
+                } => {
                     let key = (kind.clone(), name.clone());
                     if let Some(old) = d.resources.remove(&key) {
                         let history = d.revisions.entry(key).or_default();
@@ -104,7 +118,8 @@ impl Store for MemoryStore {
                     }
                 }
                 Change::PutInstance { service, instance } => {
-                    d.instances.insert((service.clone(), instance.id.clone()), (**instance).clone());
+                    d.instances
+                        .insert((service.clone(), instance.id.clone()), (**instance).clone());
                 }
                 Change::DeleteInstance { service, id } => {
                     d.instances.remove(&(service.clone(), id.clone()));
@@ -135,35 +150,74 @@ impl Store for MemoryStore {
             .data()
             .instances
             .iter()
-            .map(|((service, _), instance)| StoredInstance { service: service.clone(), instance: instance.clone() })
+            .map(|((service, _), instance)| StoredInstance {
+                service: service.clone(),
+                instance: instance.clone(),
+            })
             .collect())
     }
 
     async fn resources(&self, kind: &str) -> Result<Vec<StoredResource>, StoreError> {
-        Ok(self.data().resources.values().filter(|r| r.kind == kind).cloned().collect())
+        Ok(self
+            .data()
+            .resources
+            .values()
+            .filter(|r| r.kind == kind)
+            .cloned()
+            .collect())
     }
 
     async fn resource(&self, kind: &str, name: &str) -> Result<Option<StoredResource>, StoreError> {
-        Ok(self.data().resources.get(&(kind.to_owned(), name.to_owned())).cloned())
+        Ok(self
+            .data()
+            .resources
+            .get(&(kind.to_owned(), name.to_owned()))
+            .cloned())
     }
 
     async fn history(&self, kind: &str, name: &str) -> Result<Vec<Revision>, StoreError> {
-        Ok(self.data().revisions.get(&(kind.to_owned(), name.to_owned())).cloned().unwrap_or_default())
+        Ok(self
+            .data()
+            .revisions
+            .get(&(kind.to_owned(), name.to_owned()))
+            .cloned()
+            .unwrap_or_default())
     }
 
     async fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
         let d = self.data();
         let matches = |e: &&Event| {
-            q.service.as_ref().is_none_or(|s| e.service.as_ref() == Some(s))
-                && q.instance.as_ref().is_none_or(|i| e.instance.as_ref() == Some(i))
+            q.service
+                .as_ref()
+                .is_none_or(|s| e.service.as_ref() == Some(s))
+                && q.instance
+                    .as_ref()
+                    .is_none_or(|i| e.instance.as_ref() == Some(i))
                 && (q.kinds.is_empty() || q.kinds.contains(&e.kind))
                 && q.since.is_none_or(|t| e.time >= t)
                 && q.after_id.is_none_or(|id| e.id > id)
         };
-        let limit = if q.limit == 0 { 100 } else { q.limit.min(MAX_EVENT_PAGE) } as usize;
+        let limit = if q.limit == 0 {
+            100
+        } else {
+            q.limit.min(MAX_EVENT_PAGE)
+        } as usize;
         Ok(match q.order {
-            Order::NewestFirst => d.events.iter().rev().filter(matches).take(limit).cloned().collect(),
-            Order::OldestFirst => d.events.iter().filter(matches).take(limit).cloned().collect(),
+            Order::NewestFirst => d
+                .events
+                .iter()
+                .rev()
+                .filter(matches)
+                .take(limit)
+                .cloned()
+                .collect(),
+            Order::OldestFirst => d
+                .events
+                .iter()
+                .filter(matches)
+                .take(limit)
+                .cloned()
+                .collect(),
         })
     }
 

@@ -66,18 +66,20 @@ async fn connect(url: &str) -> Result<(AnyPool, Backend), StoreError> {
         // beside the writer). `synchronous=NORMAL` in WAL mode keeps every committed
         // transaction across a process crash (`kill -9`); only a power loss may roll back
         // the last transactions.
-        Backend::Sqlite => AnyPoolOptions::new().max_connections(4).after_connect(|conn, _| {
-            Box::pin(async move {
-                for pragma in [
-                    "PRAGMA journal_mode = WAL",
-                    "PRAGMA synchronous = NORMAL",
-                    "PRAGMA busy_timeout = 5000",
-                ] {
-                    sqlx::query(pragma).execute(&mut *conn).await?;
-                }
-                Ok(())
-            })
-        }),
+        Backend::Sqlite => AnyPoolOptions::new()
+            .max_connections(4)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    for pragma in [
+                        "PRAGMA journal_mode = WAL",
+                        "PRAGMA synchronous = NORMAL",
+                        "PRAGMA busy_timeout = 5000",
+                    ] {
+                        sqlx::query(pragma).execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            }),
         Backend::Postgres => AnyPoolOptions::new().max_connections(8),
     };
     let url = match backend {
@@ -104,7 +106,11 @@ impl SqlStore {
     /// Connects to `url` and brings the schema to this version.
     pub async fn open(url: &str) -> Result<SqlStore, StoreError> {
         let (pool, backend) = connect(url).await?;
-        backend.migrator().run(&pool).await.map_err(|e| StoreError::Migration(e.to_string()))?;
+        backend
+            .migrator()
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Migration(e.to_string()))?;
         Ok(SqlStore { pool, backend })
     }
 
@@ -165,7 +171,11 @@ async fn append_event(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     e: &NewEvent,
 ) -> Result<Event, StoreError> {
-    let data = if e.data.is_null() { None } else { Some(e.data.to_string()) };
+    let data = if e.data.is_null() {
+        None
+    } else {
+        Some(e.data.to_string())
+    };
     let row = sqlx::query(
         "INSERT INTO events (at, kind, service, instance, message, author, data) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
@@ -232,7 +242,14 @@ async fn apply(
     out: &mut Committed,
 ) -> Result<(), StoreError> {
     match change {
-        Change::PutResource { kind, name, labels, spec, author, time } => {
+        Change::PutResource {
+            kind,
+            name,
+            labels,
+            spec,
+            author,
+            time,
+        } => {
             // Numbering continues across a delete, so a revision number never repeats.
             let revision = last_revision(tx, kind, name).await? + 1;
             let labels = labels_json(labels);
@@ -257,7 +274,12 @@ async fn apply(
             insert_revision(tx, kind, name, revision, &labels, Some(spec), author, *time).await?;
             out.revisions.push((kind.clone(), name.clone(), revision));
         }
-        Change::DeleteResource { kind, name, author, time } => {
+        Change::DeleteResource {
+            kind,
+            name,
+            author,
+            time,
+        } => {
             if let Some((revision, labels)) = current_revision(tx, kind, name).await? {
                 sqlx::query("DELETE FROM resources WHERE kind = $1 AND name = $2")
                     .bind(kind.as_str())
@@ -266,7 +288,8 @@ async fn apply(
                     .await
                     .map_err(unavailable)?;
                 insert_revision(tx, kind, name, revision + 1, &labels, None, author, *time).await?;
-                out.revisions.push((kind.clone(), name.clone(), revision + 1));
+                out.revisions
+                    .push((kind.clone(), name.clone(), revision + 1));
             }
         }
         Change::PutInstance { service, instance } => {
@@ -457,7 +480,11 @@ impl Store for SqlStore {
         if let Some(id) = q.after_id {
             query = query.bind(id);
         }
-        let limit = if q.limit == 0 { 100 } else { q.limit.min(MAX_EVENT_PAGE) };
+        let limit = if q.limit == 0 {
+            100
+        } else {
+            q.limit.min(MAX_EVENT_PAGE)
+        };
         query = query.bind(i64::from(limit));
         let rows = query.fetch_all(&self.pool).await.map_err(unavailable)?;
         rows.iter().map(event_from_row).collect()
@@ -484,7 +511,10 @@ impl Store for SqlStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(unavailable)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 }

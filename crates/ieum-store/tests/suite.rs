@@ -1,57 +1,14 @@
 //! One test suite, run against every backend: SQLite always, PostgreSQL when
 //! `IEUM_TEST_POSTGRES_URL` is set (`.ci/run` sets it and fails if the server is down).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 
 use ieum_model::{EventKind, Instance, InstanceState, Protocol, Timestamp};
+use ieum_store::testing::TestDb;
 use ieum_store::{Change, EventQuery, NewEvent, Order, SqlStore, Store, StoreError, migrate_to};
 use sqlx::Connection;
-
-/// A fresh, empty database for one test: a SQLite file in a temporary folder, or a new
-/// PostgreSQL schema.
-struct Db {
-    url: String,
-    _dir: Option<tempfile::TempDir>,
-    schema: Option<(String, String)>,
-}
-
-impl Db {
-    /// Drops the PostgreSQL schema (a SQLite folder goes with the value).
-    async fn cleanup(self) {
-        if let Some((base, schema)) = &self.schema {
-            let mut conn = sqlx::PgConnection::connect(base).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-        }
-    }
-}
-
-async fn sqlite() -> Db {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/ieum.db", dir.path().display());
-    Db { url, _dir: Some(dir), schema: None }
-}
-
-async fn postgres() -> Option<Db> {
-    let base = std::env::var("IEUM_TEST_POSTGRES_URL").ok()?;
-    let schema = format!("t_{}_{}", std::process::id(), rand_suffix());
-    let mut conn = sqlx::PgConnection::connect(&base)
-        .await
-        .unwrap_or_else(|e| panic!("IEUM_TEST_POSTGRES_URL={base} is set but unreachable: {e}"));
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&mut conn).await.unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-    Some(Db { url, _dir: None, schema: Some((base, schema)) })
-}
-
-fn rand_suffix() -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("{nanos}_{}", N.fetch_add(1, Ordering::Relaxed))
-}
 
 /// Runs the body once per available backend, with the URL of a fresh database; the
 /// database (and its temporary folder) lives until the body has finished.
@@ -61,13 +18,13 @@ macro_rules! each_backend {
             use super::*;
             #[tokio::test]
             async fn sqlite() {
-                let db = super::sqlite().await;
+                let db = TestDb::sqlite();
                 ($body)(db.url.clone()).await;
                 db.cleanup().await;
             }
             #[tokio::test]
             async fn postgres() {
-                match super::postgres().await {
+                match TestDb::postgres().await {
                     Some(db) => {
                         ($body)(db.url.clone()).await;
                         db.cleanup().await;
@@ -122,44 +79,65 @@ fn event(ms: i64, kind: EventKind, service: &str, instance: Option<&str>) -> Cha
     })
 }
 
-each_backend!(instances_round_trip_and_survive_reopen, |url: String| async move {
-    let store = SqlStore::open(&url).await.unwrap();
-    let committed = store
-        .commit(&[
-            Change::PutInstance { service: "orders".into(), instance: Box::new(instance("a", InstanceState::Up)) },
-            Change::PutInstance { service: "orders".into(), instance: Box::new(instance("b", InstanceState::Up)) },
-            event(0, EventKind::InstanceRegistered, "orders", Some("a")),
-        ])
-        .await
-        .unwrap();
-    assert_eq!(committed.events.len(), 1);
-    assert!(committed.events[0].id > 0);
+each_backend!(
+    instances_round_trip_and_survive_reopen,
+    |url: String| async move {
+        let store = SqlStore::open(&url).await.unwrap();
+        let committed = store
+            .commit(&[
+                Change::PutInstance {
+                    service: "orders".into(),
+                    instance: Box::new(instance("a", InstanceState::Up)),
+                },
+                Change::PutInstance {
+                    service: "orders".into(),
+                    instance: Box::new(instance("b", InstanceState::Up)),
+                },
+                event(0, EventKind::InstanceRegistered, "orders", Some("a")),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(committed.events.len(), 1);
+        assert!(committed.events[0].id > 0);
 
-    store
-        .commit(&[
-            Change::PutInstance { service: "orders".into(), instance: Box::new(instance("a", InstanceState::Down)) },
-            Change::DeleteInstance { service: "orders".into(), id: "b".into() },
-        ])
-        .await
-        .unwrap();
-    store.close().await;
+        store
+            .commit(&[
+                Change::PutInstance {
+                    service: "orders".into(),
+                    instance: Box::new(instance("a", InstanceState::Down)),
+                },
+                Change::DeleteInstance {
+                    service: "orders".into(),
+                    id: "b".into(),
+                },
+            ])
+            .await
+            .unwrap();
+        store.close().await;
 
-    let reopened = SqlStore::open(&url).await.unwrap();
-    let all = reopened.instances().await.unwrap();
-    assert_eq!(all.len(), 1);
-    assert_eq!(all[0].service, "orders");
-    assert_eq!(all[0].instance.state, InstanceState::Down);
-    assert_eq!(all[0].instance, instance("a", InstanceState::Down));
-});
+        let reopened = SqlStore::open(&url).await.unwrap();
+        let all = reopened.instances().await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].service, "orders");
+        assert_eq!(all[0].instance.state, InstanceState::Down);
+        assert_eq!(all[0].instance, instance("a", InstanceState::Down));
+    }
+);
 
 each_backend!(a_failing_batch_writes_nothing, |url: String| async move {
     let store = SqlStore::open(&url).await.unwrap();
     // Break the revisions table so the resource write in the middle of the batch fails.
     let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
-    sqlx::query("DROP TABLE revisions").execute(&mut conn).await.unwrap();
+    sqlx::query("DROP TABLE revisions")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     let err = store
         .commit(&[
-            Change::PutInstance { service: "orders".into(), instance: Box::new(instance("a", InstanceState::Up)) },
+            Change::PutInstance {
+                service: "orders".into(),
+                instance: Box::new(instance("a", InstanceState::Up)),
+            },
             event(0, EventKind::InstanceRegistered, "orders", Some("a")),
             Change::PutResource {
                 kind: "Service".into(),
@@ -173,8 +151,18 @@ each_backend!(a_failing_batch_writes_nothing, |url: String| async move {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
-    assert!(store.instances().await.unwrap().is_empty(), "instance write was not rolled back");
-    assert!(store.events(&EventQuery::default()).await.unwrap().is_empty(), "event was not rolled back");
+    assert!(
+        store.instances().await.unwrap().is_empty(),
+        "instance write was not rolled back"
+    );
+    assert!(
+        store
+            .events(&EventQuery::default())
+            .await
+            .unwrap()
+            .is_empty(),
+        "event was not rolled back"
+    );
     assert!(store.resource("Service", "orders").await.unwrap().is_none());
 });
 
@@ -202,93 +190,180 @@ each_backend!(resources_keep_every_revision, |url: String| async move {
     assert_eq!(current.labels["team"], "checkout");
 
     store
-        .commit(&[Change::DeleteResource { kind: "Service".into(), name: "orders".into(), author: "x".into(), time: t(3) }])
+        .commit(&[Change::DeleteResource {
+            kind: "Service".into(),
+            name: "orders".into(),
+            author: "x".into(),
+            time: t(3),
+        }])
         .await
         .unwrap();
     assert!(store.resource("Service", "orders").await.unwrap().is_none());
     assert!(store.resources("Service").await.unwrap().is_empty());
     let history = store.history("Service", "orders").await.unwrap();
-    let revs: Vec<_> = history.iter().map(|r| (r.revision, r.spec.is_some())).collect();
+    let revs: Vec<_> = history
+        .iter()
+        .map(|r| (r.revision, r.spec.is_some()))
+        .collect();
     assert_eq!(revs, [(1, true), (2, true), (3, false)]);
     assert_eq!(history[0].spec.as_ref().unwrap()["description"], "first");
 
     // Re-creating continues the numbering, so revisions never repeat.
     let c4 = store.commit(&[put("again", 4)]).await.unwrap();
     assert_eq!(c4.revisions[0].2, 4);
-    assert_eq!(store.resource("Service", "orders").await.unwrap().unwrap().created_at, t(4));
+    assert_eq!(
+        store
+            .resource("Service", "orders")
+            .await
+            .unwrap()
+            .unwrap()
+            .created_at,
+        t(4)
+    );
 });
 
-each_backend!(event_queries_filter_order_and_page, |url: String| async move {
-    let store = SqlStore::open(&url).await.unwrap();
-    let mut batch = Vec::new();
-    for i in 0..10 {
-        let service = if i % 2 == 0 { "orders" } else { "stock" };
-        let kind = if i % 3 == 0 { EventKind::InstanceDown } else { EventKind::InstanceUp };
-        batch.push(event(i * 1000, kind, service, Some(&format!("i{}", i % 4))));
+each_backend!(
+    event_queries_filter_order_and_page,
+    |url: String| async move {
+        let store = SqlStore::open(&url).await.unwrap();
+        let mut batch = Vec::new();
+        for i in 0..10 {
+            let service = if i % 2 == 0 { "orders" } else { "stock" };
+            let kind = if i % 3 == 0 {
+                EventKind::InstanceDown
+            } else {
+                EventKind::InstanceUp
+            };
+            batch.push(event(i * 1000, kind, service, Some(&format!("i{}", i % 4))));
+        }
+        let ids: Vec<i64> = store
+            .commit(&batch)
+            .await
+            .unwrap()
+            .events
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "ids increase in batch order: {ids:?}"
+        );
+
+        let all = store.events(&EventQuery::default()).await.unwrap();
+        assert_eq!(all.len(), 10);
+        assert_eq!(all[0].time, t(9000), "newest first by default");
+        assert_eq!(all[0].data["ms"], 9000);
+
+        let orders = store
+            .events(&EventQuery {
+                service: Some("orders".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(orders.len(), 5);
+        assert!(
+            orders
+                .iter()
+                .all(|e| e.service.as_deref() == Some("orders"))
+        );
+
+        let downs = store
+            .events(&EventQuery {
+                kinds: vec![EventKind::InstanceDown],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            downs.iter().map(|e| e.time).collect::<Vec<_>>(),
+            [t(9000), t(6000), t(3000), t(0)]
+        );
+
+        let one_instance = store
+            .events(&EventQuery {
+                instance: Some("i1".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(one_instance.len(), 3);
+
+        let since = store
+            .events(&EventQuery {
+                since: Some(t(7000)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(since.len(), 3);
+
+        let after = store
+            .events(&EventQuery {
+                after_id: Some(ids[6]),
+                order: Order::OldestFirst,
+                limit: 2,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            after.iter().map(|e| e.id).collect::<Vec<_>>(),
+            [ids[7], ids[8]]
+        );
+
+        let mut last = store.last_event_per_service().await.unwrap();
+        last.sort_by(|a, b| a.service.cmp(&b.service));
+        assert_eq!(
+            last.iter()
+                .map(|e| (e.service.as_deref(), e.time))
+                .collect::<Vec<_>>(),
+            [(Some("orders"), t(8000)), (Some("stock"), t(9000))]
+        );
+
+        let combined = store
+            .events(&EventQuery {
+                service: Some("stock".into()),
+                kinds: vec![EventKind::InstanceUp, EventKind::InstanceDown],
+                since: Some(t(3000)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            combined.iter().map(|e| e.time).collect::<Vec<_>>(),
+            [t(9000), t(7000), t(5000), t(3000)]
+        );
     }
-    let ids: Vec<i64> = store.commit(&batch).await.unwrap().events.iter().map(|e| e.id).collect();
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase in batch order: {ids:?}");
+);
 
-    let all = store.events(&EventQuery::default()).await.unwrap();
-    assert_eq!(all.len(), 10);
-    assert_eq!(all[0].time, t(9000), "newest first by default");
-    assert_eq!(all[0].data["ms"], 9000);
-
-    let orders = store.events(&EventQuery { service: Some("orders".into()), ..Default::default() }).await.unwrap();
-    assert_eq!(orders.len(), 5);
-    assert!(orders.iter().all(|e| e.service.as_deref() == Some("orders")));
-
-    let downs = store
-        .events(&EventQuery { kinds: vec![EventKind::InstanceDown], ..Default::default() })
-        .await
-        .unwrap();
-    assert_eq!(downs.iter().map(|e| e.time).collect::<Vec<_>>(), [t(9000), t(6000), t(3000), t(0)]);
-
-    let one_instance = store.events(&EventQuery { instance: Some("i1".into()), ..Default::default() }).await.unwrap();
-    assert_eq!(one_instance.len(), 3);
-
-    let since = store.events(&EventQuery { since: Some(t(7000)), ..Default::default() }).await.unwrap();
-    assert_eq!(since.len(), 3);
-
-    let after = store
-        .events(&EventQuery { after_id: Some(ids[6]), order: Order::OldestFirst, limit: 2, ..Default::default() })
-        .await
-        .unwrap();
-    assert_eq!(after.iter().map(|e| e.id).collect::<Vec<_>>(), [ids[7], ids[8]]);
-
-    let mut last = store.last_event_per_service().await.unwrap();
-    last.sort_by(|a, b| a.service.cmp(&b.service));
-    assert_eq!(last.iter().map(|e| (e.service.as_deref(), e.time)).collect::<Vec<_>>(), [(Some("orders"), t(8000)), (Some("stock"), t(9000))]);
-
-    let combined = store
+each_backend!(pruning_removes_only_old_events, |url: String| async move {
+    let store = SqlStore::open(&url).await.unwrap();
+    let batch: Vec<_> = (0..5)
+        .map(|i| event(i * 1000, EventKind::InstanceUp, "orders", None))
+        .collect();
+    store.commit(&batch).await.unwrap();
+    assert_eq!(store.prune_events(t(2000)).await.unwrap(), 2);
+    let left = store
         .events(&EventQuery {
-            service: Some("stock".into()),
-            kinds: vec![EventKind::InstanceUp, EventKind::InstanceDown],
-            since: Some(t(3000)),
+            order: Order::OldestFirst,
             ..Default::default()
         })
         .await
         .unwrap();
-    assert_eq!(combined.iter().map(|e| e.time).collect::<Vec<_>>(), [t(9000), t(7000), t(5000), t(3000)]);
-});
-
-each_backend!(pruning_removes_only_old_events, |url: String| async move {
-    let store = SqlStore::open(&url).await.unwrap();
-    let batch: Vec<_> = (0..5).map(|i| event(i * 1000, EventKind::InstanceUp, "orders", None)).collect();
-    store.commit(&batch).await.unwrap();
-    assert_eq!(store.prune_events(t(2000)).await.unwrap(), 2);
-    let left = store.events(&EventQuery { order: Order::OldestFirst, ..Default::default() }).await.unwrap();
     assert_eq!(left.first().unwrap().time, t(2000));
     assert_eq!(left.len(), 3);
 });
 
-each_backend!(upgrades_from_every_earlier_schema_version, |url: String| async move {
-    // Bring a database to each earlier version, write data the way that version did, then
-    // open it with this version: the data must still read back.
-    migrate_to(&url, 1).await.unwrap();
-    let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
-    let data = serde_json::to_string(&instance("old", InstanceState::Up)).unwrap();
-    sqlx::query("INSERT INTO instances (service, id, state, data, updated_at) VALUES ($1, $2, $3, $4, $5)")
+each_backend!(
+    upgrades_from_every_earlier_schema_version,
+    |url: String| async move {
+        // Bring a database to each earlier version, write data the way that version did, then
+        // open it with this version: the data must still read back.
+        migrate_to(&url, 1).await.unwrap();
+        let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+        let data = serde_json::to_string(&instance("old", InstanceState::Up)).unwrap();
+        sqlx::query("INSERT INTO instances (service, id, state, data, updated_at) VALUES ($1, $2, $3, $4, $5)")
         .bind("orders")
         .bind("old")
         .bind("up")
@@ -297,7 +372,7 @@ each_backend!(upgrades_from_every_earlier_schema_version, |url: String| async mo
         .execute(&mut conn)
         .await
         .unwrap();
-    sqlx::query("INSERT INTO events (at, kind, service, instance, message, author, data) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        sqlx::query("INSERT INTO events (at, kind, service, instance, message, author, data) VALUES ($1, $2, $3, $4, $5, $6, $7)")
         .bind(t(0).as_millis())
         .bind("instance.registered")
         .bind("orders")
@@ -308,19 +383,23 @@ each_backend!(upgrades_from_every_earlier_schema_version, |url: String| async mo
         .execute(&mut conn)
         .await
         .unwrap();
-    conn.close().await.unwrap();
+        conn.close().await.unwrap();
 
-    let store = SqlStore::open(&url).await.unwrap();
-    assert_eq!(store.instances().await.unwrap()[0].instance.id, "old");
-    let events = store.events(&EventQuery::default()).await.unwrap();
-    assert_eq!(events[0].kind, EventKind::InstanceRegistered);
-    assert!(events[0].data.is_null());
-    // Opening again is a no-op.
-    SqlStore::open(&url).await.unwrap();
-});
+        let store = SqlStore::open(&url).await.unwrap();
+        assert_eq!(store.instances().await.unwrap()[0].instance.id, "old");
+        let events = store.events(&EventQuery::default()).await.unwrap();
+        assert_eq!(events[0].kind, EventKind::InstanceRegistered);
+        assert!(events[0].data.is_null());
+        // Opening again is a no-op.
+        SqlStore::open(&url).await.unwrap();
+    }
+);
 
 #[tokio::test]
 async fn bad_urls_say_what_to_write() {
     let err = SqlStore::open("mysql://localhost/x").await.unwrap_err();
-    assert!(err.to_string().contains("use sqlite://PATH or postgres://"), "{err}");
+    assert!(
+        err.to_string().contains("use sqlite://PATH or postgres://"),
+        "{err}"
+    );
 }

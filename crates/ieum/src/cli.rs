@@ -6,7 +6,8 @@ use std::time::Duration as StdDuration;
 use anyhow::Context as _;
 use futures_util::StreamExt;
 use ieum_model::{
-    Check, Duration, Event, Instance, InstanceRegistration, Name, Protocol, ServiceSummary, ServiceView,
+    Check, Duration, Event, Instance, InstanceRegistration, Name, Protocol, ServiceSummary,
+    ServiceView,
 };
 use reqwest::Method;
 
@@ -38,7 +39,9 @@ fn kind(s: &str) -> Result<Kind, Failure> {
     match s.to_ascii_lowercase().as_str() {
         "service" | "services" | "svc" => Ok(Kind::Service),
         "instance" | "instances" | "inst" => Ok(Kind::Instance),
-        other => Err(Failure::Usage(format!("unknown kind `{other}`: use services or instances"))),
+        other => Err(Failure::Usage(format!(
+            "unknown kind `{other}`: use services or instances"
+        ))),
     }
 }
 
@@ -69,7 +72,14 @@ pub(crate) async fn get(ctx: &Context, args: GetArgs) -> anyhow::Result<()> {
                 let last = s
                     .last_event
                     .as_ref()
-                    .map(|e| format!("{} {} {}", ago(e.time, now), e.kind, e.instance.as_deref().unwrap_or("")))
+                    .map(|e| {
+                        format!(
+                            "{} {} {}",
+                            ago(e.time, now),
+                            e.kind,
+                            e.instance.as_deref().unwrap_or("")
+                        )
+                    })
                     .unwrap_or_else(|| "-".into());
                 t.row(vec![
                     s.name.clone(),
@@ -82,26 +92,41 @@ pub(crate) async fn get(ctx: &Context, args: GetArgs) -> anyhow::Result<()> {
             output::out(&t.render())
         }
         (Kind::Service, Some(name)) => {
-            let view: ServiceView = client.get(&format!("/v1/services/{}", service_name(&name)?)).await?;
+            let view: ServiceView = client
+                .get(&format!("/v1/services/{}", service_name(&name)?))
+                .await?;
             if output::structured(ctx.format, &view)? {
                 return Ok(());
             }
             output::out(&instance_table(&view.instances))
         }
         (Kind::Instance, Some(name)) => {
-            let list: Vec<Instance> = client.get(&format!("/v1/services/{}/instances", service_name(&name)?)).await?;
+            let list: Vec<Instance> = client
+                .get(&format!("/v1/services/{}/instances", service_name(&name)?))
+                .await?;
             if output::structured(ctx.format, &list)? {
                 return Ok(());
             }
             output::out(&instance_table(&list))
         }
-        (Kind::Instance, None) => Err(Failure::Usage("name the service: `ieum get instances SERVICE`".into()).into()),
+        (Kind::Instance, None) => {
+            Err(Failure::Usage("name the service: `ieum get instances SERVICE`".into()).into())
+        }
     }
 }
 
 fn instance_table(list: &[Instance]) -> String {
     let now = now();
-    let mut t = Table::new(&["ID", "STATE", "ADDRESS", "ZONE", "VERSION", "UPTIME", "LAST HEARTBEAT", "REASON"]);
+    let mut t = Table::new(&[
+        "ID",
+        "STATE",
+        "ADDRESS",
+        "ZONE",
+        "VERSION",
+        "UPTIME",
+        "LAST HEARTBEAT",
+        "REASON",
+    ]);
     for i in list {
         t.row(vec![
             i.id.clone(),
@@ -128,13 +153,21 @@ pub(crate) struct DescribeArgs {
 
 pub(crate) async fn describe(ctx: &Context, args: DescribeArgs) -> anyhow::Result<()> {
     if kind(&args.kind)? != Kind::Service {
-        return Err(Failure::Usage("only services can be described: `ieum describe service NAME`".into()).into());
+        return Err(Failure::Usage(
+            "only services can be described: `ieum describe service NAME`".into(),
+        )
+        .into());
     }
     let name = service_name(&args.name)?;
     let client = ctx.client()?;
     let view: ServiceView = client.get(&format!("/v1/services/{name}")).await?;
-    let events: Vec<Event> = client.get(&format!("/v1/services/{name}/events?limit=10")).await?;
-    if output::structured(ctx.format, &serde_json::json!({"service": view, "events": events}))? {
+    let events: Vec<Event> = client
+        .get(&format!("/v1/services/{name}/events?limit=10"))
+        .await?;
+    if output::structured(
+        ctx.format,
+        &serde_json::json!({"service": view, "events": events}),
+    )? {
         return Ok(());
     }
     let now = now();
@@ -148,21 +181,38 @@ pub(crate) async fn describe(ctx: &Context, args: DescribeArgs) -> anyhow::Resul
         field("Tags:", spec.tags.join(", "));
     }
     if let Some(sla) = &spec.sla {
-        let p99 = sla.latency_p99.map(|d| format!(", p99 ≤ {d}")).unwrap_or_default();
+        let p99 = sla
+            .latency_p99
+            .map(|d| format!(", p99 ≤ {d}"))
+            .unwrap_or_default();
         field("SLA:", format!("{}% available{p99}", sla.availability));
     }
     if let Some(ext) = &spec.external {
-        field("External:", format!("{}:{}{}", ext.host, ext.port, if ext.tls { " (TLS)" } else { "" }));
+        field(
+            "External:",
+            format!(
+                "{}:{}{}",
+                ext.host,
+                ext.port,
+                if ext.tls { " (TLS)" } else { "" }
+            ),
+        );
     }
     for i in &spec.interfaces {
         let at = i.url.clone().unwrap_or_else(|| "inline".into());
         field("Interface:", format!("{:?} {at}", i.kind).to_lowercase());
     }
-    field("Revision:", format!("{} (updated {})", view.revision, ago(view.updated_at, now)));
+    field(
+        "Revision:",
+        format!("{} (updated {})", view.revision, ago(view.updated_at, now)),
+    );
     let c = view.counts;
     field(
         "Instances:",
-        format!("{} up, {} starting, {} draining, {} down ({} total)", c.up, c.starting, c.draining, c.down, c.total),
+        format!(
+            "{} up, {} starting, {} draining, {} down ({} total)",
+            c.up, c.starting, c.draining, c.down, c.total
+        ),
     );
     s.push('\n');
     if !view.instances.is_empty() {
@@ -219,13 +269,19 @@ fn query_string(pairs: &[(&str, Option<String>)]) -> String {
         .iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
         .collect();
-    if parts.is_empty() { String::new() } else { format!("?{}", parts.join("&")) }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
 }
 
 fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b',' => (b as char).to_string(),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b',' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -244,7 +300,9 @@ pub(crate) async fn events(ctx: &Context, args: EventsArgs) -> anyhow::Result<()
     let mut pairs = filters.to_vec();
     pairs.push(("since", args.since.clone()));
     pairs.push(("limit", Some(args.limit.to_string())));
-    let mut past: Vec<Event> = client.get(&format!("/v1/events{}", query_string(&pairs))).await?;
+    let mut past: Vec<Event> = client
+        .get(&format!("/v1/events{}", query_string(&pairs)))
+        .await?;
     past.reverse(); // oldest first reads like a log
     let with_service = args.service.is_none();
     if !args.follow {
@@ -259,7 +317,9 @@ pub(crate) async fn events(ctx: &Context, args: EventsArgs) -> anyhow::Result<()
     let last = past.last().map(|e| e.id).unwrap_or(0);
     let mut pairs = filters.to_vec();
     pairs.push(("after", Some(last.to_string())));
-    let resp = client.stream(&format!("/v1/events/stream{}", query_string(&pairs))).await?;
+    let resp = client
+        .stream(&format!("/v1/events/stream{}", query_string(&pairs)))
+        .await?;
     let mut body = resp.bytes_stream();
     let mut buf = String::new();
     loop {
@@ -289,8 +349,18 @@ fn print_event(format: Format, e: &Event, with_service: bool) -> anyhow::Result<
         Format::Json => serde_json::to_string(e)? + "\n",
         Format::Yaml => format!("---\n{}", serde_yaml_ng::to_string(e)?),
         Format::Table => {
-            let service = if with_service { format!("{} ", or_dash(e.service.as_deref())) } else { String::new() };
-            format!("{} {} {service}{} {}\n", e.time, e.kind, or_dash(e.instance.as_deref()), e.message)
+            let service = if with_service {
+                format!("{} ", or_dash(e.service.as_deref()))
+            } else {
+                String::new()
+            };
+            format!(
+                "{} {} {service}{} {}\n",
+                e.time,
+                e.kind,
+                or_dash(e.instance.as_deref()),
+                e.message
+            )
         }
     };
     output::out(&line)
@@ -359,8 +429,13 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 
 pub(crate) async fn register(ctx: &Context, args: RegisterArgs) -> anyhow::Result<()> {
     let service = service_name(&args.service)?;
-    let protocol: Protocol = serde_json::from_value(serde_json::Value::String(args.protocol.clone()))
-        .map_err(|_| Failure::Usage(format!("unknown protocol `{}`: use http, h2, grpc or tcp", args.protocol)))?;
+    let protocol: Protocol =
+        serde_json::from_value(serde_json::Value::String(args.protocol.clone())).map_err(|_| {
+            Failure::Usage(format!(
+                "unknown protocol `{}`: use http, h2, grpc or tcp",
+                args.protocol
+            ))
+        })?;
     let mut reg = InstanceRegistration::new(args.address.clone(), args.port);
     reg.id = args.id.clone();
     reg.ttl = args.ttl;
@@ -389,7 +464,12 @@ pub(crate) async fn register(ctx: &Context, args: RegisterArgs) -> anyhow::Resul
     if !output::structured(ctx.format, &registered)? {
         output::out(&format!("{id}\n"))?;
     }
-    eprintln!("registered {service}/{id} at {}:{}; heartbeating every {}; Ctrl-C to stop", args.address, args.port, human_every(args.ttl));
+    eprintln!(
+        "registered {service}/{id} at {}:{}; heartbeating every {}; Ctrl-C to stop",
+        args.address,
+        args.port,
+        human_every(args.ttl)
+    );
 
     let every = (args.ttl.get() / 3).max(StdDuration::from_millis(200));
     let heartbeat = format!("/v1/services/{service}/instances/{id}/heartbeat");
@@ -413,7 +493,14 @@ pub(crate) async fn register(ctx: &Context, args: RegisterArgs) -> anyhow::Resul
         }
     }
     if !args.keep {
-        match client.write::<serde_json::Value>(Method::DELETE, &format!("/v1/services/{service}/instances/{id}"), None::<&()>).await {
+        match client
+            .write::<serde_json::Value>(
+                Method::DELETE,
+                &format!("/v1/services/{service}/instances/{id}"),
+                None::<&()>,
+            )
+            .await
+        {
             Ok(_) => eprintln!("deregistered {service}/{id}"),
             Err(e) => eprintln!("could not deregister {service}/{id}: {e}"),
         }

@@ -14,7 +14,12 @@ pub(crate) enum Failure {
     /// The command line asks for something that does not exist (exit 2).
     Usage(String),
     /// The server refused the request (exit 1).
-    Rejected { status: StatusCode, code: String, field: String, message: String },
+    Rejected {
+        status: StatusCode,
+        code: String,
+        field: String,
+        message: String,
+    },
 }
 
 impl Failure {
@@ -36,7 +41,12 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Unreachable(m) | Failure::Usage(m) => f.write_str(m),
-            Failure::Rejected { status, code, field, message } => {
+            Failure::Rejected {
+                status,
+                code,
+                field,
+                message,
+            } => {
                 write!(f, "{code} ")?;
                 if !field.is_empty() {
                     write!(f, "{field}: ")?;
@@ -62,14 +72,23 @@ impl Client {
         // The CLI talks to the server directly, never through the HTTP_PROXY an app
         // environment may set for its sidecar.
         let http = reqwest::Client::builder().no_proxy().build()?;
-        Ok(Client { base: server.trim_end_matches('/').to_owned(), token, http })
+        Ok(Client {
+            base: server.trim_end_matches('/').to_owned(),
+            token,
+            http,
+        })
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<&impl Serialize>) -> Result<reqwest::Response, Failure> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<reqwest::Response, Failure> {
         let mut req = self.http.request(method, self.url(path));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -88,7 +107,10 @@ impl Client {
             status,
             code: err["code"].as_str().unwrap_or("E1000").to_owned(),
             field: err["field"].as_str().unwrap_or("").to_owned(),
-            message: err["message"].as_str().unwrap_or("the server refused the request").to_owned(),
+            message: err["message"]
+                .as_str()
+                .unwrap_or("the server refused the request")
+                .to_owned(),
         })
     }
 
@@ -113,7 +135,8 @@ impl Client {
     ) -> Result<T, Failure> {
         let resp = self.send(method, path, body).await?;
         if resp.status() == StatusCode::NO_CONTENT {
-            return serde_json::from_value(serde_json::Value::Null).map_err(|e| Failure::Unreachable(e.to_string()));
+            return serde_json::from_value(serde_json::Value::Null)
+                .map_err(|e| Failure::Unreachable(e.to_string()));
         }
         resp.json().await.map_err(|e| self.unreachable(&e))
     }

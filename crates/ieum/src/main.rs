@@ -21,7 +21,12 @@ mod server;
 #[command(name = "ieum", version, about)]
 struct Cli {
     /// The ieum server to talk to.
-    #[arg(long, global = true, env = "IEUM_SERVER", default_value = "http://127.0.0.1:7700")]
+    #[arg(
+        long,
+        global = true,
+        env = "IEUM_SERVER",
+        default_value = "http://127.0.0.1:7700"
+    )]
     server: String,
     /// Bearer token for writes to a server not bound to loopback.
     #[arg(long, global = true, env = "IEUM_TOKEN", hide_env_values = true)]
@@ -50,14 +55,21 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };
-    let ctx = cli::Context { server: cli.server, token: cli.token, format: cli.output };
+    let ctx = cli::Context {
+        server: cli.server,
+        token: cli.token,
+        format: cli.output,
+    };
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => server::run(args).await,
@@ -70,7 +82,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let code = e.downcast_ref::<client::Failure>().map_or(1, client::Failure::exit_code);
+            let code = e
+                .downcast_ref::<client::Failure>()
+                .map_or(1, client::Failure::exit_code);
             eprintln!("error: {e:#}");
             ExitCode::from(code)
         }

@@ -30,7 +30,10 @@ pub(crate) fn structured<T: Serialize>(format: Format, value: &T) -> anyhow::Res
 /// Writes to stdout, treating a closed pipe (`| head`) as the end, not an error.
 pub(crate) fn out(text: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
     }
@@ -43,7 +46,9 @@ pub(crate) struct Table {
 
 impl Table {
     pub(crate) fn new(header: &[&str]) -> Self {
-        Table { rows: vec![header.iter().map(|h| (*h).to_owned()).collect()] }
+        Table {
+            rows: vec![header.iter().map(|h| (*h).to_owned()).collect()],
+        }
     }
 
     pub(crate) fn row(&mut self, cells: Vec<String>) {
@@ -53,7 +58,14 @@ impl Table {
     pub(crate) fn render(&self) -> String {
         let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..cols)
-            .map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|s| s.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         let mut s = String::new();
         for row in &self.rows {

@@ -45,7 +45,10 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     if !(0.0..=1.0).contains(&args.protection_threshold) {
-        anyhow::bail!("--protection-threshold must be between 0 and 1 (is {})", args.protection_threshold);
+        anyhow::bail!(
+            "--protection-threshold must be between 0 and 1 (is {})",
+            args.protection_threshold
+        );
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create the data dir {}", args.data_dir.display()))?;
@@ -53,7 +56,9 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         Some(url) => url.clone(),
         None => format!("sqlite://{}", args.data_dir.join("ieum.db").display()),
     };
-    let store = ieum_store::open(&store_url).await.with_context(|| format!("cannot open the store {}", redact(&store_url)))?;
+    let store = ieum_store::open(&store_url)
+        .await
+        .with_context(|| format!("cannot open the store {}", redact(&store_url)))?;
     let options = Options {
         protection_threshold: args.protection_threshold,
         protection_min_instances: args.protection_min_instances,
@@ -63,20 +68,43 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let registry = Registry::start(store, Arc::new(SystemClock), options).await?;
 
     let (auth, auth_line) = if listen.ip().is_loopback() {
-        (Auth::Open, "open on loopback; writes are recorded as `local`".to_owned())
+        (
+            Auth::Open,
+            "open on loopback; writes are recorded as `local`".to_owned(),
+        )
     } else {
         let path = args.data_dir.join("admin.token");
         let token = admin_token(&path)?;
-        (Auth::Token(token.into()), format!("writes need a bearer token (IEUM_TOKEN); the admin token is in {}", path.display()))
+        (
+            Auth::Token(token.into()),
+            format!(
+                "writes need a bearer token (IEUM_TOKEN); the admin token is in {}",
+                path.display()
+            ),
+        )
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {listen}: is another server running? choose one with --listen"))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {listen}: is another server running? choose one with --listen"
+            )
+        })?;
     let local = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let app = ieum_control::router(AppState { registry: registry.clone(), auth, shutdown: shutdown.clone() });
+    let app = ieum_control::router(AppState {
+        registry: registry.clone(),
+        auth,
+        shutdown: shutdown.clone(),
+    });
 
-    banner(local, &store_url, registry.store().backend(), &auth_line, args.dev);
+    banner(
+        local,
+        &store_url,
+        registry.store().backend(),
+        &auth_line,
+        args.dev,
+    );
 
     let signal = shutdown.clone();
     tokio::spawn(async move {
@@ -104,7 +132,9 @@ fn banner(addr: SocketAddr, store_url: &str, backend: &str, auth: &str, dev: boo
     if dev {
         b += "  dev mode   NOT FOR PRODUCTION: loopback only, no TLS, open API\n";
     }
-    b += &format!("try: ieum register demo --address 127.0.0.1 --port 8080   then   ieum get services --server {base}\n");
+    b += &format!(
+        "try: ieum register demo --address 127.0.0.1 --port 8080   then   ieum get services --server {base}\n"
+    );
     eprint!("{b}");
 }
 
@@ -130,33 +160,44 @@ fn admin_token(path: &Path) -> anyhow::Result<String> {
             return Ok(t);
         }
     }
-    let token: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    let token: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path).with_context(|| format!("cannot write the admin token to {}", path.display()))?;
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot write the admin token to {}", path.display()))?;
     std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())?;
-    eprintln!("created the admin token in {} (keep it secret)", path.display());
+    eprintln!(
+        "created the admin token in {} (keep it secret)",
+        path.display()
+    );
     Ok(token)
 }
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -170,7 +211,10 @@ async fn wait_for_signal() {
 mod tests {
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(super::redact("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            super::redact("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(super::redact("sqlite://./x.db"), "sqlite://./x.db");
     }
