@@ -386,7 +386,7 @@ pub(crate) async fn stream_events(
         loop {
             match live.recv().await {
                 Ok(e) => {
-                    if (resume.is_some() && e.id <= last) || !matches(&filter, &e) {
+                    if (resume.is_some() && e.id <= last) || !filter.matches(&e) {
                         continue;
                     }
                     last = e.id;
@@ -416,16 +416,6 @@ pub(crate) async fn stream_events(
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(StdDuration::from_secs(15))))
-}
-
-fn matches(q: &EventQuery, e: &Event) -> bool {
-    q.service
-        .as_ref()
-        .is_none_or(|s| e.service.as_ref() == Some(s))
-        && q.instance
-            .as_ref()
-            .is_none_or(|i| e.instance.as_ref() == Some(i))
-        && (q.kinds.is_empty() || q.kinds.contains(&e.kind))
 }
 
 fn sse(e: &Event) -> Result<SseEvent, Infallible> {

@@ -322,7 +322,14 @@ async fn service_definitions_are_validated_and_versioned() {
 async fn every_bad_input_class_is_a_coded_4xx() {
     let app = app().await;
     // (method, uri, body, status, code, field)
-    type Case<'a> = (&'a str, &'a str, Option<&'a str>, StatusCode, &'a str, &'a str);
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        StatusCode,
+        &'a str,
+        &'a str,
+    );
     let cases: &[Case<'_>] = &[
         (
             "POST",

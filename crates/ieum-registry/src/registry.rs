@@ -143,6 +143,8 @@ struct Write {
 #[derive(Default)]
 struct State {
     services: BTreeMap<String, ServiceEntry>,
+    /// Instances across all services (kept so protection need not count them).
+    instance_count: usize,
     index: u64,
     timers: BinaryHeap<Reverse<Timer>>,
     next_generation: u64,
@@ -194,6 +196,9 @@ struct Protection {
     active: bool,
     since: Option<Timestamp>,
     expiries: VecDeque<Instant>,
+    /// When the rule was last evaluated: at most once a second unless leases expired,
+    /// because deciding to leave costs a pass over every instance.
+    checked: Option<Instant>,
 }
 
 impl ServiceEntry {
@@ -277,45 +282,52 @@ impl State {
         }
     }
 
-    fn arm_lease(&mut self, service: &str, id: &str) {
+    /// The entry of one instance.
+    fn entry_mut(&mut self, service: &str, id: &str) -> Option<&mut Entry> {
+        self.services.get_mut(service)?.instances.get_mut(id)
+    }
+
+    /// Queues a timer; true when it is now the earliest, so the reaper must wake to
+    /// shorten its sleep (otherwise it wakes in time anyway).
+    fn push_timer(&mut self, timer: Timer) -> bool {
+        let earliest = self.timers.peek().is_none_or(|Reverse(t)| timer.at < t.at);
+        self.timers.push(Reverse(timer));
+        earliest
+    }
+
+    /// Arms the lease timer of an instance; true when the reaper must wake.
+    fn arm_lease(&mut self, service: &str, id: &str) -> bool {
         let generation = self.generation();
-        let Some(entry) = self
-            .services
-            .get_mut(service)
-            .and_then(|s| s.instances.get_mut(id))
-        else {
-            return;
+        let Some(entry) = self.entry_mut(service, id) else {
+            return false;
         };
-        let Some(at) = entry.lease else { return };
+        let Some(at) = entry.lease else { return false };
         entry.lease_generation = generation;
         entry.lease_queued = true;
-        self.timers.push(Reverse(Timer {
+        self.push_timer(Timer {
             at,
             generation,
             kind: TimerKind::Lease,
             service: service.to_owned(),
             id: id.to_owned(),
-        }));
+        })
     }
 
-    fn arm_removal(&mut self, service: &str, id: &str, at: Instant) {
+    /// Arms the removal timer of a down instance; true when the reaper must wake.
+    fn arm_removal(&mut self, service: &str, id: &str, at: Instant) -> bool {
         let generation = self.generation();
-        let Some(entry) = self
-            .services
-            .get_mut(service)
-            .and_then(|s| s.instances.get_mut(id))
-        else {
-            return;
+        let Some(entry) = self.entry_mut(service, id) else {
+            return false;
         };
         entry.removal = Some(at);
         entry.removal_generation = generation;
-        self.timers.push(Reverse(Timer {
+        self.push_timer(Timer {
             at,
             generation,
             kind: TimerKind::Removal,
             service: service.to_owned(),
             id: id.to_owned(),
-        }));
+        })
     }
 
     fn totals(&self) -> InstanceCounts {
@@ -343,6 +355,33 @@ fn set_state(instance: &mut Instance, to: InstanceState, reason: String, now: Ti
     instance.state = to;
     instance.state_reason = reason;
     instance.state_since = now;
+}
+
+/// Brings a lease-down instance back (to `up`, or `draining` when drained) and returns the
+/// changes that record it.
+fn recover(
+    service: &str,
+    id: &str,
+    entry: &mut Entry,
+    reason: &str,
+    author: &str,
+    now: Timestamp,
+) -> [Change; 2] {
+    let to = recovered_state(&entry.instance);
+    set_state(&mut entry.instance, to, reason.to_owned(), now);
+    entry.removal = None;
+    [
+        put_instance(service, &entry.instance),
+        event(
+            now,
+            EventKind::InstanceUp,
+            service,
+            Some(id),
+            format!("{reason}; {to}"),
+            author,
+            serde_json::Value::Null,
+        ),
+    ]
 }
 
 /// The state an instance returns to when it recovers.
@@ -433,6 +472,7 @@ impl Registry {
                     .or_insert_with(|| ServiceEntry::new(now, 0))
                     .instances
                     .insert(id.clone(), entry);
+                st.instance_count += 1;
                 st.arm_lease(&service, &id);
                 if let Some(at) = removal_at {
                     st.arm_removal(&service, &id, at);
@@ -632,18 +672,13 @@ impl Registry {
                         entry.lease = Some(now_i + ttl.get());
                         new_lease = !entry.lease_queued;
                         if entry.instance.state == InstanceState::Down {
-                            let to = recovered_state(&entry.instance);
-                            set_state(&mut entry.instance, to, "registered again".into(), now);
-                            entry.removal = None;
-                            changes.push(put_instance(svc, &entry.instance));
-                            changes.push(event(
-                                now,
-                                EventKind::InstanceUp,
+                            changes.extend(recover(
                                 svc,
-                                Some(&id),
-                                "registered again".into(),
+                                &id,
+                                entry,
+                                "registered again",
                                 author,
-                                serde_json::Value::Null,
+                                now,
                             ));
                         }
                     }
@@ -761,8 +796,10 @@ impl Registry {
                     restart_check = has_check;
                 }
             }
-            if new_lease {
-                st.arm_lease(svc, &id);
+            if created {
+                st.instance_count += 1;
+            }
+            if new_lease && st.arm_lease(svc, &id) {
                 core.reaper_wake.notify_one();
             }
             if restart_check {
@@ -784,11 +821,7 @@ impl Registry {
         let now = core.clock.now();
         let rx = {
             let mut st = core.lock();
-            let Some(entry) = st
-                .services
-                .get_mut(service)
-                .and_then(|s| s.instances.get_mut(id))
-            else {
+            let Some(entry) = st.entry_mut(service, id) else {
                 return Err(not_found(service, id));
             };
             entry.instance.last_heartbeat = Some(now);
@@ -798,22 +831,16 @@ impl Registry {
             let rearm = !entry.lease_queued;
             let mut changes = Vec::new();
             if entry.instance.state == InstanceState::Down {
-                let to = recovered_state(&entry.instance);
-                set_state(&mut entry.instance, to, "heartbeats resumed".into(), now);
-                entry.removal = None;
-                changes.push(put_instance(service, &entry.instance));
-                changes.push(event(
-                    now,
-                    EventKind::InstanceUp,
+                changes.extend(recover(
                     service,
-                    Some(id),
-                    format!("heartbeats resumed; {to}"),
+                    id,
+                    entry,
+                    "heartbeats resumed",
                     SYSTEM_AUTHOR,
-                    serde_json::Value::Null,
+                    now,
                 ));
             }
-            if rearm {
-                st.arm_lease(service, id);
+            if rearm && st.arm_lease(service, id) {
                 core.reaper_wake.notify_one();
             }
             if changes.is_empty() {
@@ -838,11 +865,7 @@ impl Registry {
         let now = core.clock.now();
         let rx = {
             let mut st = core.lock();
-            let Some(entry) = st
-                .services
-                .get_mut(service)
-                .and_then(|s| s.instances.get_mut(id))
-            else {
+            let Some(entry) = st.entry_mut(service, id) else {
                 return Err(not_found(service, id));
             };
             let inst = &mut entry.instance;
@@ -928,6 +951,7 @@ impl Registry {
             else {
                 return Err(not_found(service, id));
             };
+            st.instance_count -= 1;
             if let Some((_, h)) = entry.check {
                 h.abort();
             }
@@ -1248,11 +1272,7 @@ impl Core {
             let Some(Reverse(timer)) = st.timers.pop() else {
                 break;
             };
-            let Some(entry) = st
-                .services
-                .get_mut(&timer.service)
-                .and_then(|s| s.instances.get_mut(&timer.id))
-            else {
+            let Some(entry) = st.entry_mut(&timer.service, &timer.id) else {
                 continue;
             };
             match timer.kind {
@@ -1310,6 +1330,7 @@ impl Core {
                         .instances
                         .remove(&timer.id)
                         .expect("entry was just found");
+                    st.instance_count -= 1;
                     if let Some((_, h)) = entry.check {
                         h.abort();
                     }
@@ -1363,7 +1384,17 @@ impl Core {
         }
         let recent = p.expiries.len();
         let active = p.active;
-        let totals = st.totals();
+        let due = p
+            .checked
+            .is_none_or(|t| now_i.duration_since(t) >= std::time::Duration::from_secs(1));
+        if expired == 0 && !due {
+            return;
+        }
+        p.checked = Some(now_i);
+        let totals = InstanceCounts {
+            total: st.instance_count,
+            ..InstanceCounts::default()
+        };
         let limit = o.protection_threshold * totals.total as f64;
         let system_event = |kind, message: String, data| {
             Change::Event(NewEvent {
@@ -1432,11 +1463,7 @@ impl Core {
     /// Starts (or restarts) the active check of an instance.
     fn start_check(self: &Arc<Self>, st: &mut State, service: &str, id: &str) {
         let generation = st.generation();
-        let Some(entry) = st
-            .services
-            .get_mut(service)
-            .and_then(|s| s.instances.get_mut(id))
-        else {
+        let Some(entry) = st.entry_mut(service, id) else {
             return;
         };
         let Some(check) = entry.instance.check.clone() else {
@@ -1473,11 +1500,7 @@ impl Core {
     fn check_result(&self, service: &str, id: &str, generation: u64, result: check::Outcome) {
         let now = self.clock.now();
         let mut st = self.lock();
-        let Some(entry) = st
-            .services
-            .get_mut(service)
-            .and_then(|s| s.instances.get_mut(id))
-        else {
+        let Some(entry) = st.entry_mut(service, id) else {
             return;
         };
         if entry.check.as_ref().map(|(g, _)| *g) != Some(generation) {
@@ -1520,13 +1543,10 @@ impl Core {
         ));
         let deregister_after = entry.instance.deregister_after.get();
         if to == InstanceState::Down {
-            st.arm_removal(service, id, Instant::now() + deregister_after);
-            self.reaper_wake.notify_one();
-        } else if let Some(e) = st
-            .services
-            .get_mut(service)
-            .and_then(|s| s.instances.get_mut(id))
-        {
+            if st.arm_removal(service, id, Instant::now() + deregister_after) {
+                self.reaper_wake.notify_one();
+            }
+        } else if let Some(e) = st.entry_mut(service, id) {
             e.removal = None;
         }
         st.touch(service);

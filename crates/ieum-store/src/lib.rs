@@ -193,6 +193,23 @@ pub struct EventQuery {
     pub order: Order,
 }
 
+impl EventQuery {
+    /// Whether `e` passes the query's filters (service, instance, kinds, since, after);
+    /// order and limit are not filters.
+    pub fn matches(&self, e: &Event) -> bool {
+        self.service
+            .as_ref()
+            .is_none_or(|s| e.service.as_ref() == Some(s))
+            && self
+                .instance
+                .as_ref()
+                .is_none_or(|i| e.instance.as_ref() == Some(i))
+            && (self.kinds.is_empty() || self.kinds.contains(&e.kind))
+            && self.since.is_none_or(|t| e.time >= t)
+            && self.after_id.is_none_or(|id| e.id > id)
+    }
+}
+
 /// Largest page of events one query returns.
 pub const MAX_EVENT_PAGE: u32 = 10_000;
 

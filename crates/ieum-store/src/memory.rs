@@ -186,17 +186,7 @@ impl Store for MemoryStore {
 
     async fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
         let d = self.data();
-        let matches = |e: &&Event| {
-            q.service
-                .as_ref()
-                .is_none_or(|s| e.service.as_ref() == Some(s))
-                && q.instance
-                    .as_ref()
-                    .is_none_or(|i| e.instance.as_ref() == Some(i))
-                && (q.kinds.is_empty() || q.kinds.contains(&e.kind))
-                && q.since.is_none_or(|t| e.time >= t)
-                && q.after_id.is_none_or(|id| e.id > id)
-        };
+        let matches = |e: &&Event| q.matches(e);
         let limit = if q.limit == 0 {
             100
         } else {
