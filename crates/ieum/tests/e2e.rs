@@ -18,7 +18,10 @@ struct Server {
 
 impl Server {
     /// Starts `ieum server ARGS` and waits for its banner.
-    #[allow(clippy::zombie_processes, reason = "the child is reaped by Server's Drop")]
+    #[allow(
+        clippy::zombie_processes,
+        reason = "the child is reaped by Server's Drop"
+    )]
     fn start(args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ieum"))
             .arg("server")
