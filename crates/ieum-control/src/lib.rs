@@ -7,6 +7,7 @@
 //! - `api`: one handler per endpoint, annotated for the OpenAPI document (`openapi`).
 //! - `extract`: strict JSON bodies, path names and query parameters whose every failure is
 //!   a coded 4xx naming the field.
+//! - `config`: configuration resources (apply, read, history, delete, JSON Schemas).
 //! - `auth`: open on loopback, bearer token for writes elsewhere.
 //! - `error`: [`ApiError`], the one error shape `{"error": {code, message, field}}`.
 //!
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 mod api;
 mod auth;
+mod config;
 mod error;
 mod extract;
 mod openapi;
@@ -77,6 +79,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/services/{name}/events", get(api::service_events))
         .route("/v1/events", get(api::list_events))
         .route("/v1/events/stream", get(api::stream_events))
+        .route("/v1/apply", post(config::apply))
+        .route("/v1/resources/{kind}", get(config::list))
+        .route(
+            "/v1/resources/{kind}/{name}",
+            get(config::get).delete(config::delete),
+        )
+        .route("/v1/resources/{kind}/{name}/history", get(config::history))
+        .route("/v1/schemas/{file}", get(config::schema))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::api;
+use crate::{api, config};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,11 +27,18 @@ use crate::api;
         api::list_events,
         api::service_events,
         api::stream_events,
+        config::apply,
+        config::list,
+        config::get,
+        config::history,
+        config::delete,
+        config::schema,
     ),
     tags(
         (name = "services", description = "Service definitions and summaries"),
         (name = "instances", description = "Registration, heartbeats, drains, blocking queries"),
         (name = "events", description = "The durable event timeline and its live stream"),
+        (name = "config", description = "Declarative resources: apply, history, schemas"),
         (name = "server", description = "Health and status"),
     )
 )]

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 pub struct ValidationError {
     /// Stable error code, e.g. `E1201`.
     pub code: String,
+    /// The resource at fault (`Route/checkout`) when a request carries several.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub resource: String,
     /// Path of the offending field, e.g. `check.interval` or `spec.rules[1].retry.attempts`;
     /// empty when the problem is the whole input.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -26,14 +29,29 @@ impl ValidationError {
     pub fn new(code: &str, field: impl Into<String>, message: impl Into<String>) -> Self {
         ValidationError {
             code: code.to_owned(),
+            resource: String::new(),
             field: field.into(),
             message: message.into(),
         }
+    }
+
+    /// Names the resource at fault.
+    pub fn in_resource(mut self, resource: impl Into<String>) -> Self {
+        self.resource = resource.into();
+        self
     }
 }
 
 impl fmt::Display for ValidationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.resource.is_empty() {
+            write!(f, "{} {}", self.code, self.resource)?;
+            return if self.field.is_empty() {
+                write!(f, ": {}", self.message)
+            } else {
+                write!(f, " {}: {}", self.field, self.message)
+            };
+        }
         if self.field.is_empty() {
             write!(f, "{} {}", self.code, self.message)
         } else {
@@ -124,6 +142,26 @@ mod tests {
         assert_eq!(
             errs[0].to_string(),
             "E2104 spec.rules[1].retry.attempts: must be at most 10"
+        );
+    }
+
+    #[test]
+    fn errors_name_their_resource() {
+        let e = ValidationError::new(
+            "E2104",
+            "spec.rules[1].retry.attempts",
+            "must be at most 10",
+        )
+        .in_resource("Route/checkout");
+        assert_eq!(
+            e.to_string(),
+            "E2104 Route/checkout spec.rules[1].retry.attempts: must be at most 10"
+        );
+        assert_eq!(
+            ValidationError::new("E2000", "", "bad")
+                .in_resource("Route/x")
+                .to_string(),
+            "E2000 Route/x: bad"
         );
     }
 

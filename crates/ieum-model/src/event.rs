@@ -46,11 +46,15 @@ pub enum EventKind {
     /// The server started (and restored this many instances).
     #[serde(rename = "registry.started")]
     RegistryStarted,
+    /// A configuration resource that concerns the service was created, changed or deleted
+    /// (the diff and the author are in the event).
+    #[serde(rename = "config.changed")]
+    ConfigChanged,
 }
 
 impl EventKind {
     /// Every kind, for documentation and filters.
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::ServiceCreated,
         EventKind::ServiceUpdated,
         EventKind::InstanceRegistered,
@@ -63,6 +67,7 @@ impl EventKind {
         EventKind::ProtectionEntered,
         EventKind::ProtectionLeft,
         EventKind::RegistryStarted,
+        EventKind::ConfigChanged,
     ];
 
     /// The dotted name, e.g. `instance.down`.
@@ -80,6 +85,7 @@ impl EventKind {
             EventKind::ProtectionEntered => "registry.protection.entered",
             EventKind::ProtectionLeft => "registry.protection.left",
             EventKind::RegistryStarted => "registry.started",
+            EventKind::ConfigChanged => "config.changed",
         }
     }
 

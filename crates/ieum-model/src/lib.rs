@@ -13,6 +13,9 @@
 //! - [`instance`]: instances, their registration body, states and active checks.
 //! - [`event`]: the durable event every state change produces.
 //! - [`policy`]: resilience policy types (timeouts, retries, breakers, …).
+//! - [`route`]: the `Route` resource (matches, weighted backends, filters).
+//! - [`resource`]: the `apiVersion / kind / metadata / spec` envelope, the kinds, YAML
+//!   documents, whole-resource validation, JSON Schemas and diffs.
 //!
 //! **Invariant:** every type that users write denies unknown fields and has a `validate()`
 //! that reports *all* problems with a code and a field path, so bad input is explained,
@@ -24,6 +27,8 @@ pub mod event;
 pub mod instance;
 pub mod name;
 pub mod policy;
+pub mod resource;
+pub mod route;
 pub mod service;
 pub mod time;
 

@@ -24,4 +24,6 @@ pub mod registry;
 
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use error::RegistryError;
-pub use registry::{InstanceFilter, Options, ProtectionStatus, Registered, Registry, Status};
+pub use registry::{
+    Applied, InstanceFilter, Options, Outcome, ProtectionStatus, Registered, Registry, Status,
+};

@@ -17,7 +17,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::check;
+
+mod config;
 use crate::{Clock, RegistryError};
+pub use config::{Applied, Outcome};
 
 /// The `kind` of the resource that defines a service.
 pub const SERVICE_KIND: &str = "Service";
@@ -357,6 +360,64 @@ fn set_state(instance: &mut Instance, to: InstanceState, reason: String, now: Ti
     instance.state_since = now;
 }
 
+/// Sets a service's definition in memory and returns the changes that store it (the
+/// resource, its revision and a `service.created`/`service.updated` event with the diff);
+/// nothing when the definition is unchanged.
+fn define_service(
+    st: &mut State,
+    name: &str,
+    spec: ServiceSpec,
+    labels: BTreeMap<String, String>,
+    author: &str,
+    now: Timestamp,
+) -> Vec<Change> {
+    let index = st.index;
+    let existed = st.services.contains_key(name);
+    let entry = st
+        .services
+        .entry(name.to_owned())
+        .or_insert_with(|| ServiceEntry::new(now, index));
+    if existed && entry.spec == spec && entry.labels == labels {
+        return Vec::new();
+    }
+    let before = serde_json::json!({"labels": entry.labels, "spec": entry.spec});
+    entry.spec = spec.clone();
+    entry.labels = labels.clone();
+    entry.updated_at = now;
+    let (kind, message) = if existed {
+        (
+            EventKind::ServiceUpdated,
+            format!("definition changed by {author}"),
+        )
+    } else {
+        (EventKind::ServiceCreated, format!("defined by {author}"))
+    };
+    let spec_json = serde_json::to_value(&spec).unwrap_or_default();
+    let after = serde_json::json!({"labels": labels, "spec": spec_json});
+    let changes = ieum_model::resource::diff(&before, &after, "");
+    let changes = vec![
+        Change::PutResource {
+            kind: SERVICE_KIND.into(),
+            name: name.to_owned(),
+            labels,
+            spec: spec_json,
+            author: author.to_owned(),
+            time: now,
+        },
+        event(
+            now,
+            kind,
+            name,
+            None,
+            message,
+            author,
+            serde_json::json!({"diff": changes}),
+        ),
+    ];
+    st.touch(name);
+    changes
+}
+
 /// Brings a lease-down instance back (to `up`, or `draining` when drained) and returns the
 /// changes that record it.
 fn recover(
@@ -564,49 +625,12 @@ impl Registry {
         let now = self.core.clock.now();
         let rx = {
             let mut st = self.core.lock();
-            let index = st.index;
-            let name_s = name.as_str();
-            let existed = st.services.contains_key(name_s);
-            let entry = st
-                .services
-                .entry(name_s.to_owned())
-                .or_insert_with(|| ServiceEntry::new(now, index));
-            if existed && entry.spec == spec && entry.labels == labels {
-                return Ok(self.view_locked(&st, name_s).expect("service exists"));
+            let changes = define_service(&mut st, name.as_str(), spec, labels, author, now);
+            if changes.is_empty() {
+                return Ok(self
+                    .view_locked(&st, name.as_str())
+                    .expect("service exists"));
             }
-            let previous = serde_json::to_value(&entry.spec).unwrap_or_default();
-            entry.spec = spec.clone();
-            entry.labels = labels.clone();
-            entry.updated_at = now;
-            let (kind, message) = if existed {
-                (
-                    EventKind::ServiceUpdated,
-                    format!("definition changed by {author}"),
-                )
-            } else {
-                (EventKind::ServiceCreated, format!("defined by {author}"))
-            };
-            let spec_json = serde_json::to_value(&spec).unwrap_or_default();
-            let changes = vec![
-                Change::PutResource {
-                    kind: SERVICE_KIND.into(),
-                    name: name_s.to_owned(),
-                    labels,
-                    spec: spec_json.clone(),
-                    author: author.to_owned(),
-                    time: now,
-                },
-                event(
-                    now,
-                    kind,
-                    name_s,
-                    None,
-                    message,
-                    author,
-                    serde_json::json!({"previous": previous, "spec": spec_json}),
-                ),
-            ];
-            st.touch(name_s);
             self.core.send_acked(changes)
         };
         self.core.wait(rx).await?;

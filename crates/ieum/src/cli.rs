@@ -23,7 +23,7 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
         Client::new(&self.server, self.token.clone())
     }
 }
@@ -52,15 +52,19 @@ fn service_name(s: &str) -> Result<Name, Failure> {
 /// `ieum get KIND [NAME]`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct GetArgs {
-    /// `services`, or `instances` (of the service NAME).
+    /// `services`, `instances` (of the service NAME), or a configuration kind (`routes`,
+    /// `resiliencepolicies`, `ratelimitpolicies`, `faultinjections`).
     kind: String,
     /// A service name.
     name: Option<String>,
 }
 
 pub(crate) async fn get(ctx: &Context, args: GetArgs) -> anyhow::Result<()> {
+    let Ok(registry_kind) = kind(&args.kind) else {
+        return crate::config_cli::get(ctx, &args.kind, args.name.as_deref()).await;
+    };
     let client = ctx.client()?;
-    match (kind(&args.kind)?, args.name) {
+    match (registry_kind, args.name) {
         (Kind::Service, None) => {
             let list: Vec<ServiceSummary> = client.get("/v1/services").await?;
             if output::structured(ctx.format, &list)? {

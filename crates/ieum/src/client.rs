@@ -19,6 +19,8 @@ pub(crate) enum Failure {
         code: String,
         field: String,
         message: String,
+        /// Every problem, one line each, when the server listed several.
+        details: Vec<String>,
     },
 }
 
@@ -46,7 +48,19 @@ impl fmt::Display for Failure {
                 code,
                 field,
                 message,
+                details,
             } => {
+                if !details.is_empty() {
+                    write!(
+                        f,
+                        "the server refused the request (HTTP {}):",
+                        status.as_u16()
+                    )?;
+                    for d in details {
+                        write!(f, "\n  {d}")?;
+                    }
+                    return Ok(());
+                }
                 write!(f, "{code} ")?;
                 if !field.is_empty() {
                     write!(f, "{field}: ")?;
@@ -103,6 +117,17 @@ impl Client {
         let status = resp.status();
         let body: serde_json::Value = resp.json().await.unwrap_or_default();
         let err = &body["error"];
+        let details = err["details"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|d| {
+                        serde_json::from_value::<ieum_model::ValidationError>(d.clone()).ok()
+                    })
+                    .map(|d| d.to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
         Err(Failure::Rejected {
             status,
             code: err["code"].as_str().unwrap_or("E1000").to_owned(),
@@ -111,6 +136,7 @@ impl Client {
                 .as_str()
                 .unwrap_or("the server refused the request")
                 .to_owned(),
+            details,
         })
     }
 

@@ -4,6 +4,8 @@
 //! - `server`: `ieum server`, the control plane (registry, API, event stream).
 //! - `cli`: the operator commands (`get`, `describe`, `events`, `register`), talking to
 //!   a server over its REST API through `client`, printing with `output`.
+//! - `config_cli`: configuration commands (`apply`, `validate`, `diff`, `delete`,
+//!   `history`, `schema`).
 //!
 //! Exit codes: 0 ok, 1 rejected or invalid, 2 usage error, 3 server unreachable.
 
@@ -13,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 mod client;
+mod config_cli;
 mod output;
 mod server;
 
@@ -42,12 +45,25 @@ struct Cli {
 enum Command {
     /// Run the control plane: registry, REST API, event stream.
     Server(server::ServerArgs),
-    /// List resources: `ieum get services`, `ieum get service orders`.
+    /// List resources: `ieum get services`, `ieum get service orders`, `ieum get routes`.
     Get(cli::GetArgs),
     /// Show one resource in detail: `ieum describe service orders`.
     Describe(cli::DescribeArgs),
     /// Show the event timeline (of one service, or all): `ieum events orders --follow`.
     Events(cli::EventsArgs),
+    /// Apply configuration files (many YAML documents per file; folders too), all or
+    /// nothing: `ieum apply -f shop.yaml [--dry-run]`.
+    Apply(config_cli::ApplyArgs),
+    /// Check configuration files offline, without a server.
+    Validate(config_cli::Files),
+    /// Show what applying the files would change, field by field.
+    Diff(config_cli::Files),
+    /// Delete a resource: `ieum delete route orders-api`.
+    Delete(config_cli::NamedArgs),
+    /// Every revision of a resource with what each changed: `ieum history route orders-api`.
+    History(config_cli::NamedArgs),
+    /// Print the JSON Schema of a kind (for editors): `ieum schema Route`.
+    Schema(config_cli::SchemaArgs),
     /// Register an instance and keep it alive with heartbeats until stopped (for VMs and
     /// scripts); deregisters it on Ctrl-C.
     Register(cli::RegisterArgs),
@@ -77,6 +93,12 @@ fn main() -> ExitCode {
             Command::Describe(args) => cli::describe(&ctx, args).await,
             Command::Events(args) => cli::events(&ctx, args).await,
             Command::Register(args) => cli::register(&ctx, args).await,
+            Command::Apply(args) => config_cli::apply(&ctx, args).await,
+            Command::Validate(files) => config_cli::validate(&ctx, files).await,
+            Command::Diff(files) => config_cli::diff(&ctx, files).await,
+            Command::Delete(args) => config_cli::delete(&ctx, args).await,
+            Command::History(args) => config_cli::history(&ctx, args).await,
+            Command::Schema(args) => config_cli::schema(&args),
         }
     });
     match result {

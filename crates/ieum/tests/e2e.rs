@@ -323,3 +323,127 @@ async fn off_loopback_the_server_makes_a_token_and_requires_it() {
         "the token is never logged"
     );
 }
+
+#[tokio::test]
+async fn configuration_commands_apply_validate_diff_and_show_history() {
+    let db = TestDb::sqlite();
+    let server = Server::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &db.dir().unwrap().display().to_string(),
+    ]);
+    let s = server.base.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    let shop = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/shop.yaml");
+
+    let (code, out, err) = cli(&["validate", "-f", shop], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "5 resources valid\n");
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: ieum.dev/v1\nkind: Route\nmetadata: {name: checkout}\nspec:\n  service: orders\n  rules:\n  - {}\n  - retry: {attempts: 11}\n",
+    )
+    .unwrap();
+    let (code, _, err) = cli(&["validate", "-f", bad.to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("E2104 Route/checkout spec.rules[1].retry.attempts: must be at most 10"),
+        "{err}"
+    );
+    let (code, _, err) = cli(&["apply", "-f", bad.to_str().unwrap(), "--server", s], &[]);
+    assert_eq!(
+        code, 1,
+        "invalid files are refused before reaching the server: {err}"
+    );
+
+    let (code, out, err) = cli(&["apply", "-f", shop, "--server", s], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Route/orders-api created (revision 1)"),
+        "{out}"
+    );
+
+    let changed = dir.path().join("shop.yaml");
+    std::fs::write(
+        &changed,
+        std::fs::read_to_string(shop)
+            .unwrap()
+            .replace("request: 2s", "request: 4s"),
+    )
+    .unwrap();
+    let (code, out, _) = cli(
+        &["diff", "-f", dir.path().to_str().unwrap(), "--server", s],
+        &[],
+    );
+    assert_eq!(code, 1, "bad.yaml is in the folder too: {out}");
+    std::fs::remove_file(&bad).unwrap();
+    let (code, out, err) = cli(
+        &["diff", "-f", dir.path().to_str().unwrap(), "--server", s],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "Route/orders-api (configured)\n  ~ spec.rules[1].timeouts.request: \"2s\" -> \"4s\"\n"
+    );
+    let (code, out, _) = cli(
+        &["apply", "-f", changed.to_str().unwrap(), "--server", s],
+        &[],
+    );
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("Route/orders-api configured (revision 2)"),
+        "{out}"
+    );
+
+    let (code, out, _) = cli(&["history", "Routes", "orders-api", "--server", s], &[]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("revision 1 by local") && out.contains("  created"),
+        "{out}"
+    );
+    assert!(
+        out.contains("revision 2 by local") && out.contains("~ spec.rules[1].timeouts.request"),
+        "{out}"
+    );
+    let (code, out, _) = cli(
+        &["get", "route", "orders-api", "-o", "json", "--server", s],
+        &[],
+    );
+    assert_eq!(code, 0);
+    let route: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(route["metadata"]["revision"], 2);
+    let (code, out, _) = cli(
+        &[
+            "events",
+            "orders",
+            "--kind",
+            "config.changed",
+            "--server",
+            s,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("Route/orders-api changed by local (revision 2)"),
+        "{out}"
+    );
+    let (code, out, _) = cli(
+        &["delete", "faultinjection", "orders-chaos", "--server", s],
+        &[],
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "FaultInjection/orders-chaos deleted (revision 2)\n")
+    );
+    let (code, _, err) = cli(&["get", "gizmos", "--server", s], &[]);
+    assert_eq!(code, 2, "{err}");
+    let (code, out, _) = cli(&["schema", "route"], &[]);
+    assert_eq!(code, 0);
+    let schema: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(schema["properties"]["kind"]["const"], "Route");
+}
