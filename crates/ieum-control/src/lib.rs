@@ -7,6 +7,7 @@
 //! - `api`: one handler per endpoint, annotated for the OpenAPI document (`openapi`).
 //! - `extract`: strict JSON bodies, path names and query parameters whose every failure is
 //!   a coded 4xx naming the field.
+//! - [`push`]: the gRPC push stream (snapshot, then deltas, scoped to what a client calls).
 //! - `config`: configuration resources (apply, read, history, delete, JSON Schemas).
 //! - `auth`: open on loopback, bearer token for writes elsewhere.
 //! - `error`: [`ApiError`], the one error shape `{"error": {code, message, field}}`.
@@ -23,6 +24,7 @@ use axum::routing::{get, post, put};
 use ieum_registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 mod api;
 mod auth;
@@ -30,6 +32,7 @@ mod config;
 mod error;
 mod extract;
 mod openapi;
+pub mod push;
 
 pub use api::INDEX_HEADER;
 pub use auth::{Auth, Author};
@@ -50,7 +53,15 @@ pub struct AppState {
 /// The whole HTTP app.
 pub fn router(state: AppState) -> Router {
     let auth = state.auth.clone();
+    // The push stream is gRPC on the same port: one address is all a client needs.
+    let push = push::service(state.registry.clone(), state.shutdown.clone())
+        .map_request(|req: axum::http::Request<axum::body::Body>| req.map(tonic::body::Body::new));
+    let push_path = format!(
+        "/{}/{{*rest}}",
+        <push::PushServer as tonic::server::NamedService>::NAME
+    );
     Router::new()
+        .route_service(&push_path, push)
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/v1/status", get(api::status))

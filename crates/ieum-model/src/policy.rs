@@ -131,7 +131,8 @@ pub struct Retry {
     /// Cap of one wait, also the most a server's `Retry-After` is honoured.
     #[serde(default = "default_max_backoff")]
     pub max_backoff: Duration,
-    /// Largest request body kept for replay; bigger or unsized bodies are sent once.
+    /// Largest request body kept for replay (a copy is kept while the body streams to the
+    /// first attempt); a body that turns out bigger is sent once and not retried.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: u64,
     /// Also retry failures after which the request may have been processed (timeouts,

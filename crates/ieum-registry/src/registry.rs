@@ -1001,6 +1001,35 @@ impl Registry {
         Ok(())
     }
 
+    /// Identifies this registry's lifetime (its start time): change indexes compare only
+    /// within one epoch, because they restart when the server does.
+    pub fn epoch(&self) -> String {
+        self.core.started_at.as_millis().to_string()
+    }
+
+    /// The registry's change index: it grows with every change of state.
+    pub fn index(&self) -> u64 {
+        self.core.lock().index
+    }
+
+    /// One instance, as it is now.
+    pub fn instance(&self, service: &str, id: &str) -> Option<Instance> {
+        let st = self.core.lock();
+        st.services
+            .get(service)?
+            .instances
+            .get(id)
+            .map(|e| e.instance.clone())
+    }
+
+    /// A service's change index and every instance, or `None` for an unknown service.
+    pub fn endpoints(&self, service: &str) -> Option<(u64, Vec<Instance>)> {
+        let st = self.core.lock();
+        st.services
+            .get(service)
+            .map(|s| select(s, &InstanceFilter::default()))
+    }
+
     /// Every service with its summary, and the registry's index.
     pub fn services(&self) -> (u64, Vec<ServiceSummary>) {
         let now = self.core.clock.now();

@@ -447,3 +447,73 @@ async fn configuration_commands_apply_validate_diff_and_show_history() {
     let schema: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(schema["properties"]["kind"]["const"], "Route");
 }
+
+#[tokio::test]
+async fn the_client_library_rides_out_a_server_kill_and_restart() {
+    let db = TestDb::sqlite();
+    let data = db.dir().unwrap().display().to_string();
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--data-dir", &data]);
+    let base = server.base.clone();
+    let c = http();
+    let register = |id: &'static str| {
+        let c = c.clone();
+        let base = base.clone();
+        async move {
+            let body = json!({"id": id, "address": "10.0.0.1", "port": 80, "ttl": "1h"});
+            let r = c
+                .post(format!("{base}/v1/services/stock/instances"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+        }
+    };
+    register("s1").await;
+    let snapshot_dir = tempfile::tempdir().unwrap();
+    let client = ieum_client::Client::start(ieum_client::Options {
+        server: base.clone(),
+        client: "e2e".into(),
+        service: None,
+        calls: vec!["stock".into()],
+        snapshot_file: Some(snapshot_dir.path().join("snapshot.json")),
+        token: None,
+    });
+    let mut changes = client.changes();
+    let wait = std::time::Duration::from_secs(10);
+    tokio::time::timeout(wait, changes.wait_for(|s| s.up("stock").len() == 1))
+        .await
+        .unwrap()
+        .unwrap();
+
+    server.kill_9();
+    tokio::time::timeout(wait, async {
+        while client.connected() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        client.snapshot().up("stock").len(),
+        1,
+        "static stability: last endpoints stay"
+    );
+
+    let addr = base.trim_start_matches("http://").to_owned();
+    let server = Server::start(&["--listen", &addr, "--data-dir", &data]);
+    register("s2").await;
+    assert!(
+        client
+            .wait_connected(std::time::Duration::from_secs(20))
+            .await,
+        "{:?}",
+        client.last_error()
+    );
+    tokio::time::timeout(wait, changes.wait_for(|s| s.up("stock").len() == 2))
+        .await
+        .unwrap()
+        .unwrap();
+    client.shutdown().await;
+    drop(server);
+}

@@ -307,6 +307,62 @@ impl Registry {
         Ok(revisions)
     }
 
+    /// Every configuration resource that concerns any of `services` (routes to or from
+    /// them, policies targeting them or their routes), for push-stream snapshots.
+    pub async fn resources_for(
+        &self,
+        services: &BTreeSet<String>,
+    ) -> Result<Vec<StoredResource>, RegistryError> {
+        let store = &self.core.store;
+        let routes = store.resources(Kind::Route.as_str()).await?;
+        let route_service: std::collections::BTreeMap<&str, &str> = routes
+            .iter()
+            .filter_map(|r| r.spec["service"].as_str().map(|s| (r.name.as_str(), s)))
+            .collect();
+        let mut out = Vec::new();
+        for kind in Kind::ALL {
+            let list = if kind == Kind::Route {
+                routes.clone()
+            } else {
+                store.resources(kind.as_str()).await?
+            };
+            for r in list {
+                let relevant = match kind {
+                    Kind::Service => services.contains(&r.name),
+                    Kind::Route => {
+                        r.spec["service"]
+                            .as_str()
+                            .is_some_and(|s| services.contains(s))
+                            || r.spec["rules"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .any(|rule| {
+                                    rule["backends"].as_array().into_iter().flatten().any(|b| {
+                                        b["service"].as_str().is_some_and(|s| services.contains(s))
+                                    })
+                                })
+                    }
+                    _ => {
+                        let target = &r.spec["targetRef"];
+                        let name = target["name"].as_str().unwrap_or_default();
+                        match target["kind"].as_str() {
+                            Some("Service") => services.contains(name),
+                            Some("Route") => route_service
+                                .get(name)
+                                .is_some_and(|s| services.contains(*s)),
+                            _ => false,
+                        }
+                    }
+                };
+                if relevant {
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The services whose timelines record changes to `c`: those it names, or, for a
     /// policy targeting a route, the route's service (from this batch or the store).
     async fn services_concerned(

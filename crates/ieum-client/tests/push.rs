@@ -1,0 +1,319 @@
+//! The client library against a server on a real socket (HTTP/2, gRPC), in process.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ieum_client::{Client, Options, Snapshot};
+use ieum_control::{AppState, Auth, router};
+use ieum_model::{InstanceRegistration, Name};
+use ieum_registry::{Options as RegistryOptions, Registry, SystemClock};
+use ieum_store::{MemoryStore, Store};
+use ieum_wire::PROTOCOL;
+use ieum_wire::v1::push_client::PushClient;
+use ieum_wire::v1::{ClientMessage, Hello, ServerMessage, client_message};
+use tokio_util::sync::CancellationToken;
+
+struct Server {
+    registry: Registry,
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    async fn start(store: Arc<dyn Store>, addr: &str) -> Server {
+        let registry = Registry::start(store, Arc::new(SystemClock), RegistryOptions::default())
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let app = router(AppState {
+            registry: registry.clone(),
+            auth: Auth::Open,
+            shutdown: stop.clone(),
+        });
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            ieum_control::serve(listener, app, async move { s.cancelled().await })
+                .await
+                .unwrap();
+        });
+        Server {
+            registry,
+            addr,
+            stop,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+        self.registry.shutdown().await;
+    }
+
+    async fn register(&self, service: &str, id: &str) {
+        let mut reg = InstanceRegistration::new("10.0.0.1", 8080);
+        reg.id = Some(id.into());
+        reg.ttl = ieum_model::Duration::from_secs(3600);
+        self.registry
+            .register(&Name::parse(service).unwrap(), reg, "test")
+            .await
+            .unwrap();
+    }
+}
+
+fn options(server: &Server, calls: &[&str]) -> Options {
+    Options {
+        server: server.url(),
+        client: "test".into(),
+        service: Some("orders".into()),
+        calls: calls.iter().map(|s| (*s).to_owned()).collect(),
+        snapshot_file: None,
+        token: None,
+    }
+}
+
+/// Waits until the client's snapshot satisfies `f`.
+async fn until(client: &Client, what: &str, f: impl Fn(&Snapshot) -> bool) -> Arc<Snapshot> {
+    let mut rx = client.changes();
+    let r = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| f(s))).await;
+    match r {
+        Ok(Ok(s)) => s.clone(),
+        _ => panic!(
+            "timed out waiting for {what}; have {:#?}",
+            client.snapshot()
+        ),
+    }
+}
+
+#[tokio::test]
+async fn snapshot_then_deltas_for_only_what_the_client_calls() {
+    let server = Server::start(Arc::new(MemoryStore::new()), "127.0.0.1:0").await;
+    server.register("stock", "s1").await;
+    server.register("stock", "s2").await;
+    server.register("other", "o1").await;
+    let client = Client::start(options(&server, &["stock"]));
+    let s = until(&client, "the snapshot", |s| s.up("stock").len() == 2).await;
+    assert!(!s.services.contains_key("other"), "only what it calls");
+    assert!(client.connected());
+
+    server.register("stock", "s3").await;
+    until(&client, "an added endpoint", |s| s.up("stock").len() == 3).await;
+    server
+        .registry
+        .deregister("stock", "s1", "test")
+        .await
+        .unwrap();
+    let s = until(&client, "a removed endpoint", |s| s.up("stock").len() == 2).await;
+    assert!(!s.services["stock"].endpoints.contains_key("s1"));
+    server
+        .registry
+        .set_state("stock", "s2", ieum_model::InstanceState::Draining, "test")
+        .await
+        .unwrap();
+    let s = until(&client, "a state change", |s| s.up("stock").len() == 1).await;
+    assert_eq!(s.services["stock"].endpoints["s2"].state, "draining");
+
+    // Services met later are added on demand, within the first-use wait.
+    server.register("payments", "p1").await;
+    let started = tokio::time::Instant::now();
+    let payments = client
+        .endpoints("payments")
+        .await
+        .expect("subscribed on first use");
+    assert!(started.elapsed() <= ieum_client::FIRST_USE_WAIT);
+    assert_eq!(payments.endpoints.len(), 1);
+    assert!(
+        client.endpoints("ghost").await.is_some_and(|s| !s.known),
+        "an unknown service is known to be unknown"
+    );
+    client.shutdown().await;
+    server.stop().await;
+}
+
+/// A raw stream, to count exactly what the server sends.
+async fn raw(server: &Server, calls: &[&str]) -> tonic::Streaming<ServerMessage> {
+    let mut c = PushClient::new(
+        tonic::transport::Endpoint::from_shared(server.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let hello = Hello {
+        protocol: PROTOCOL,
+        client: "raw".into(),
+        calls: calls.iter().map(|s| (*s).to_owned()).collect(),
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(ClientMessage {
+        kind: Some(client_message::Kind::Hello(hello)),
+    })
+    .await
+    .unwrap();
+    std::mem::forget(tx); // keep the request stream open
+    c.stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn next(
+    stream: &mut tonic::Streaming<ServerMessage>,
+    wait: Duration,
+) -> Option<ServerMessage> {
+    tokio::time::timeout(wait, stream.message())
+        .await
+        .ok()
+        .map(|m| m.unwrap().unwrap())
+}
+
+#[tokio::test]
+async fn unaffected_clients_get_nothing_and_heartbeats_cost_nothing() {
+    let server = Server::start(Arc::new(MemoryStore::new()), "127.0.0.1:0").await;
+    server.register("stock", "s1").await;
+    server.register("other", "o1").await;
+    let mut stock_watcher = raw(&server, &["stock"]).await;
+    let first = next(&mut stock_watcher, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(first.services.len(), 1);
+    assert!(first.replace_resources);
+
+    server.register("other", "o2").await;
+    server.registry.heartbeat("stock", "s1").await.unwrap();
+    assert!(
+        next(&mut stock_watcher, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "no message for changes elsewhere or heartbeats"
+    );
+
+    server.register("stock", "s2").await;
+    let delta = next(&mut stock_watcher, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(delta.services[0].upserted[0].id, "s2");
+    assert!(!delta.services[0].replace);
+    let bytes = prost::Message::encoded_len(&delta);
+    assert!(bytes <= 1024, "one endpoint change costs {bytes} bytes");
+
+    // Newer protocol versions than the server speaks are refused with a reason.
+    let mut c = PushClient::new(
+        tonic::transport::Endpoint::from_shared(server.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let hello = Hello {
+        protocol: PROTOCOL + 1,
+        ..Default::default()
+    };
+    let msgs = tokio_stream::iter(vec![ClientMessage {
+        kind: Some(client_message::Kind::Hello(hello)),
+    }]);
+    let err = c.stream(msgs).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn resources_that_concern_the_client_are_pushed() {
+    let server = Server::start(Arc::new(MemoryStore::new()), "127.0.0.1:0").await;
+    let client = Client::start(options(&server, &["stock"]));
+    until(&client, "the snapshot", |s| {
+        s.services.contains_key("stock")
+    })
+    .await;
+    let doc = "apiVersion: ieum.dev/v1\nkind: Route\nmetadata: {name: stock-main}\nspec: {service: stock, rules: [{timeouts: {request: 2s}}]}\n---\napiVersion: ieum.dev/v1\nkind: RateLimitPolicy\nmetadata: {name: orders-in}\nspec: {targetRef: {kind: Service, name: orders}, limit: {requests: 10, per: 1s}}\n---\napiVersion: ieum.dev/v1\nkind: Route\nmetadata: {name: elsewhere}\nspec: {service: billing, rules: [{}]}\n";
+    let checked: Vec<_> = ieum_model::resource::parse_documents(doc)
+        .unwrap()
+        .iter()
+        .map(|r| ieum_model::resource::check(r).unwrap())
+        .collect();
+    server.registry.apply(checked, "test", false).await.unwrap();
+    let s = until(&client, "the route and the inbound policy", |s| {
+        s.resources.len() == 2
+    })
+    .await;
+    assert_eq!(
+        s.resources["Route/stock-main"].spec["rules"][0]["timeouts"]["request"],
+        "2s"
+    );
+    assert!(
+        s.resources.contains_key("RateLimitPolicy/orders-in"),
+        "resources targeting its own service"
+    );
+    server
+        .registry
+        .delete_resource(ieum_model::resource::Kind::Route, "stock-main", "test")
+        .await
+        .unwrap();
+    until(&client, "the deletion", |s| {
+        !s.resources.contains_key("Route/stock-main")
+    })
+    .await;
+    client.shutdown().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_snapshot_outlives_the_server_and_a_restart_of_the_client() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let server = Server::start(store.clone(), "127.0.0.1:0").await;
+    let addr = server.addr;
+    server.register("stock", "s1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("snapshot.json");
+    let opts = Options {
+        snapshot_file: Some(file.clone()),
+        ..options(&server, &["stock"])
+    };
+    let client = Client::start(opts.clone());
+    until(&client, "the snapshot", |s| s.up("stock").len() == 1).await;
+
+    // Server down: the client keeps serving its last snapshot and says it is disconnected.
+    server.stop().await;
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while client.connected() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        client.snapshot().up("stock").len(),
+        1,
+        "last known endpoints stay"
+    );
+    client.shutdown().await;
+
+    // A restarted client with the server still down serves from disk.
+    let restarted = Client::start(opts.clone());
+    assert_eq!(restarted.snapshot().up("stock").len(), 1);
+    assert!(!restarted.connected());
+    assert!(!restarted.wait_connected(Duration::from_millis(300)).await);
+
+    // The server comes back on the same address: the client reconnects and catches up.
+    let server = Server::start(store, &addr.to_string()).await;
+    server.register("stock", "s2").await;
+    assert!(
+        restarted.wait_connected(Duration::from_secs(15)).await,
+        "{:?}",
+        restarted.last_error()
+    );
+    until(&restarted, "the catch-up", |s| s.up("stock").len() == 2).await;
+    restarted.shutdown().await;
+    server.stop().await;
+}
