@@ -8,6 +8,9 @@
 //!   and memory while it holds them.
 //! - `watchers`: W blocking queries or SSE streams open on one service; one change; the
 //!   time until each watcher has the news (p50/p99/max).
+//! - `push`: S services × E endpoints, C push-stream clients each calling K services; one
+//!   endpoint change at a time: bytes to affected and unaffected clients, propagation
+//!   delay, snapshot sizes, and what a naive full resend would cost.
 
 #![allow(clippy::print_stdout, reason = "figures are this program's output")]
 
@@ -61,6 +64,21 @@ enum Scenario {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// Push stream: bytes and propagation of one endpoint change to many clients.
+    Push {
+        #[arg(long, default_value_t = 10_000)]
+        services: usize,
+        #[arg(long, default_value_t = 5)]
+        endpoints: usize,
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Services each client calls.
+        #[arg(long, default_value_t = 10)]
+        calls: usize,
+        /// Endpoint changes to make, one at a time.
+        #[arg(long, default_value_t = 20)]
+        changes: usize,
+    },
     /// Notification latency of many watchers after one change.
     Watchers {
         #[arg(long, default_value_t = 1000)]
@@ -74,11 +92,13 @@ enum Scenario {
     },
 }
 
+mod push;
+
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     _dir: tempfile::TempDir,
 }
 
@@ -117,7 +137,7 @@ impl Server {
     }
 
     /// CPU seconds (user + system) the server has used so far.
-    fn cpu_seconds(&self) -> anyhow::Result<f64> {
+    pub(crate) fn cpu_seconds(&self) -> anyhow::Result<f64> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
         let after = stat.rsplit_once(')').context("stat format")?.1;
         let f: Vec<&str> = after.split_whitespace().collect();
@@ -126,7 +146,7 @@ impl Server {
     }
 
     /// Resident memory in MiB.
-    fn rss_mib(&self) -> anyhow::Result<f64> {
+    pub(crate) fn rss_mib(&self) -> anyhow::Result<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         let kb: f64 = status
             .lines()
@@ -147,7 +167,7 @@ impl Drop for Server {
     }
 }
 
-fn client(max_idle: usize) -> HttpClient {
+pub(crate) fn client(max_idle: usize) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     Client::builder(TokioExecutor::new())
@@ -155,7 +175,7 @@ fn client(max_idle: usize) -> HttpClient {
         .build(connector)
 }
 
-async fn send(
+pub(crate) async fn send(
     c: &HttpClient,
     method: &str,
     uri: &str,
@@ -185,11 +205,13 @@ fn registration(i: usize, ttl: &str) -> String {
     .to_string()
 }
 
-/// Registers `n` instances spread over 100 services; returns instances per second.
-async fn register_all(
+/// Registers `n` instances spread over `services` services (`svc-0`, `svc-1`, …);
+/// returns instances per second.
+pub(crate) async fn register_all(
     c: &HttpClient,
     base: &str,
     n: usize,
+    services: usize,
     concurrency: usize,
     ttl: &str,
 ) -> anyhow::Result<f64> {
@@ -200,7 +222,7 @@ async fn register_all(
         let permit = sem.clone().acquire_owned().await?;
         let (c, uri, body) = (
             c.clone(),
-            format!("{base}/v1/services/svc-{}/instances", i % 100),
+            format!("{base}/v1/services/svc-{}/instances", i % services),
             registration(i, ttl),
         );
         set.spawn(async move {
@@ -239,7 +261,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let c = client(concurrency);
             eprintln!("registering {instances} instances, {concurrency} at a time");
-            let rate = register_all(&c, &base, instances, concurrency, "60s").await?;
+            let rate = register_all(&c, &base, instances, 100, concurrency, "60s").await?;
             println!(
                 "{}",
                 serde_json::json!({"scenario": "register", "instances": instances, "concurrency": concurrency,
@@ -256,7 +278,7 @@ async fn main() -> anyhow::Result<()> {
             let c = client(concurrency);
             eprintln!("registering {instances} instances");
             let ttl = format!("{}s", period * 3);
-            register_all(&c, &base, instances, concurrency, &ttl).await?;
+            register_all(&c, &base, instances, 100, concurrency, &ttl).await?;
             let rate = instances as f64 / period as f64;
             eprintln!(
                 "heartbeating {instances} instances every {period}s ({rate:.0}/s) for {period}s warm-up + {seconds}s"
@@ -320,6 +342,15 @@ async fn main() -> anyhow::Result<()> {
                     "failedHeartbeats": errors, "serverCoreShare": (cpu * 1000.0).round() / 1000.0,
                     "serverRssMiB": server.rss_mib()?.round(), "instancesUp": status["instances"]["up"]})
             );
+        }
+        Scenario::Push {
+            services,
+            endpoints,
+            clients,
+            calls,
+            changes,
+        } => {
+            push::run(&server, services, endpoints, clients, calls, changes).await?;
         }
         Scenario::Watchers {
             watchers,
