@@ -142,6 +142,16 @@ async fn snapshot_then_deltas_for_only_what_the_client_calls() {
 
 /// A raw stream, to count exactly what the server sends.
 async fn raw(server: &Server, calls: &[&str]) -> tonic::Streaming<ServerMessage> {
+    raw_resuming(server, calls, 0, "").await
+}
+
+/// A raw stream that says which version (of which epoch) it already holds.
+async fn raw_resuming(
+    server: &Server,
+    calls: &[&str],
+    version: u64,
+    epoch: &str,
+) -> tonic::Streaming<ServerMessage> {
     let mut c = PushClient::new(
         tonic::transport::Endpoint::from_shared(server.url())
             .unwrap()
@@ -153,6 +163,8 @@ async fn raw(server: &Server, calls: &[&str]) -> tonic::Streaming<ServerMessage>
         protocol: PROTOCOL,
         client: "raw".into(),
         calls: calls.iter().map(|s| (*s).to_owned()).collect(),
+        resume_version: version,
+        resume_epoch: epoch.to_owned(),
         ..Default::default()
     };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -315,5 +327,53 @@ async fn the_snapshot_outlives_the_server_and_a_restart_of_the_client() {
     );
     until(&restarted, "the catch-up", |s| s.up("stock").len() == 2).await;
     restarted.shutdown().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_reconnect_resends_only_what_changed_meanwhile() {
+    let server = Server::start(Arc::new(MemoryStore::new()), "127.0.0.1:0").await;
+    server.register("stock", "s1").await;
+    server.register("payments", "p1").await;
+    let mut first = raw(&server, &["stock", "payments"]).await;
+    let snapshot = next(&mut first, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(snapshot.services.len(), 2);
+    drop(first);
+
+    // While the client is away, only payments changes.
+    server.register("payments", "p2").await;
+    let mut resumed = raw_resuming(
+        &server,
+        &["stock", "payments"],
+        snapshot.version,
+        &snapshot.epoch,
+    )
+    .await;
+    let catch_up = next(&mut resumed, Duration::from_secs(5)).await.unwrap();
+    let names: Vec<&str> = catch_up.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["payments"],
+        "stock did not change and is not resent"
+    );
+    assert_eq!(catch_up.services[0].upserted.len(), 2);
+    assert!(catch_up.services[0].replace);
+
+    // A version from another epoch (a restarted server) gets everything.
+    let mut other = raw_resuming(
+        &server,
+        &["stock", "payments"],
+        snapshot.version,
+        "another-epoch",
+    )
+    .await;
+    assert_eq!(
+        next(&mut other, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .services
+            .len(),
+        2
+    );
     server.stop().await;
 }
