@@ -198,8 +198,11 @@ pub(crate) async fn heartbeat(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StateChange {
-    /// `draining` or `up`.
+    /// `draining`, `up`, or `down` (with a `reason`, as a sidecar reports its app).
     state: String,
+    /// Why, for `down`: shown on the timeline.
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 /// Drains an instance or returns it to service.
@@ -216,11 +219,28 @@ pub(crate) async fn set_state(
     let to = match change.state.as_str() {
         "draining" => InstanceState::Draining,
         "up" => InstanceState::Up,
+        "down" => {
+            let Some(reason) = change.reason.filter(|r| !r.trim().is_empty()) else {
+                return Err(ieum_model::ValidationError::new(
+                    "E1215",
+                    "reason",
+                    "say why the instance is down",
+                )
+                .into());
+            };
+            return Ok(Json(
+                app.registry
+                    .report_down(name.as_str(), &id, &reason, &author.0)
+                    .await?,
+            ));
+        }
         other => {
             return Err(ieum_model::ValidationError::new(
                 "E1214",
                 "state",
-                format!("`{other}` cannot be set by hand: use `draining` or `up`"),
+                format!(
+                    "`{other}` cannot be set by hand: use `draining`, `up`, or `down` with a reason"
+                ),
             )
             .into());
         }

@@ -236,14 +236,24 @@ async fn heartbeats_drains_and_deregistration() {
             .contains("register it again")
     );
 
-    let bad_state = call(
-        &app,
-        "PUT",
-        "/v1/services/orders/instances/a1/state",
-        Some(r#"{"state": "down"}"#),
-    )
-    .await;
+    let state = "/v1/services/orders/instances/a1/state";
+    let bad_state = call(&app, "PUT", state, Some(r#"{"state": "starting"}"#)).await;
     assert_error(&bad_state, StatusCode::BAD_REQUEST, "E1214", "state");
+    let no_reason = call(&app, "PUT", state, Some(r#"{"state": "down"}"#)).await;
+    assert_error(&no_reason, StatusCode::BAD_REQUEST, "E1215", "reason");
+    let down_body = r#"{"state": "down", "reason": "app exited with code 3"}"#;
+    let down = call(&app, "PUT", state, Some(down_body)).await;
+    assert_eq!(down.status, StatusCode::OK, "{}", down.body);
+    assert_eq!(down.body["state"], "down");
+    assert_eq!(
+        down.body["stateReason"],
+        "reported down by local: app exited with code 3"
+    );
+    // A heartbeat brings it back, as after a missed lease.
+    let hb = "/v1/services/orders/instances/a1/heartbeat";
+    assert_eq!(call(&app, "PUT", hb, None).await.status, StatusCode::OK);
+    let back = call(&app, "GET", "/v1/services/orders", None).await;
+    assert_eq!(back.body["instances"][0]["state"], "up");
 
     assert_eq!(
         call(&app, "DELETE", "/v1/services/orders/instances/a1", None)
@@ -271,10 +281,12 @@ async fn heartbeats_drains_and_deregistration() {
         [
             "service.created",
             "instance.registered",
+            "instance.down",
+            "instance.up",
             "instance.deregistered"
         ]
     );
-    assert_eq!(timeline.body[2]["author"], "local");
+    assert_eq!(timeline.body[4]["author"], "local");
 }
 
 #[tokio::test]

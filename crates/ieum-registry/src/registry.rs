@@ -957,6 +957,56 @@ impl Registry {
         Ok(rx.1)
     }
 
+    /// Marks an instance `down` because its own sidecar (or an operator) says so, with the
+    /// reason on the timeline. Heartbeats bring it back, as after a missed lease.
+    pub async fn report_down(
+        &self,
+        service: &str,
+        id: &str,
+        reason: &str,
+        author: &str,
+    ) -> Result<Instance, RegistryError> {
+        let core = &self.core;
+        let now = core.clock.now();
+        let (rx, result) = {
+            let mut st = core.lock();
+            let Some(entry) = st.entry_mut(service, id) else {
+                return Err(not_found(service, id));
+            };
+            if entry.instance.state == InstanceState::Down {
+                return Ok(entry.instance.clone());
+            }
+            let message = format!("reported down by {author}: {reason}");
+            set_state(
+                &mut entry.instance,
+                InstanceState::Down,
+                message.clone(),
+                now,
+            );
+            let result = entry.instance.clone();
+            let removal = Instant::now() + entry.instance.deregister_after.get();
+            let changes = vec![
+                put_instance(service, &result),
+                event(
+                    now,
+                    EventKind::InstanceDown,
+                    service,
+                    Some(id),
+                    message,
+                    author,
+                    serde_json::json!({"reason": reason}),
+                ),
+            ];
+            if st.arm_removal(service, id, removal) {
+                core.reaper_wake.notify_one();
+            }
+            st.touch(service);
+            (core.send_acked(changes), result)
+        };
+        core.wait(rx).await?;
+        Ok(result)
+    }
+
     /// Removes an instance at its own (or an operator's) request.
     pub async fn deregister(
         &self,
