@@ -156,6 +156,10 @@ impl Client {
         if let Some(s) = self.snapshot().services.get(service) {
             return Some(s.clone());
         }
+        // The server refuses invalid names; asking would end the session for everyone.
+        if !valid_name(service) {
+            return None;
+        }
         let _ = self.inner.subscribe.send(vec![service.to_owned()]);
         let mut rx = self.changes();
         let wait = rx.wait_for(|s| s.services.contains_key(service));
@@ -180,17 +184,34 @@ impl Client {
     }
 }
 
+/// A DNS-1123 label, as service names are.
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
 async fn run(
     inner: Arc<Inner>,
     options: Options,
     mut sub_rx: mpsc::UnboundedReceiver<Vec<String>>,
 ) {
-    let mut calls: BTreeSet<String> = options.calls.iter().cloned().collect();
+    let mut calls: BTreeSet<String> = options
+        .calls
+        .iter()
+        .filter(|c| valid_name(c))
+        .cloned()
+        .collect();
     calls.extend(inner.snapshot.borrow().services.keys().cloned());
     let mut backoff = BACKOFF.0;
     loop {
         let result = session(&inner, &options, &mut calls, &mut sub_rx).await;
-        inner.connected.send_replace(false);
+        // A session that got through starts the backoff again from the shortest wait.
+        if inner.connected.send_replace(false) {
+            backoff = BACKOFF.0;
+        }
         match result {
             Ok(true) => break,
             Ok(false) => backoff = BACKOFF.0,

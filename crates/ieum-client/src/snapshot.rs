@@ -98,10 +98,13 @@ impl Snapshot {
     /// Applies one push-stream message.
     pub fn apply(&mut self, msg: &ServerMessage) {
         self.format = FORMAT;
-        if !msg.epoch.is_empty() {
+        if !msg.epoch.is_empty() && msg.epoch != self.epoch {
+            // Another server lifetime: versions start again, the old one means nothing.
             self.epoch.clone_from(&msg.epoch);
+            self.version = msg.version;
+        } else {
+            self.version = self.version.max(msg.version);
         }
-        self.version = self.version.max(msg.version);
         for u in &msg.services {
             self.apply_service(u);
         }
@@ -234,6 +237,14 @@ mod tests {
         });
         assert_eq!(s.version, 7);
         assert_eq!(s.epoch, "e1");
+        // A new epoch (restarted server) replaces the version instead of keeping the max.
+        let mut restarted = s.clone();
+        restarted.apply(&ServerMessage {
+            version: 2,
+            epoch: "e2".into(),
+            ..Default::default()
+        });
+        assert_eq!((restarted.version, restarted.epoch.as_str()), (2, "e2"));
         assert_eq!(
             s.up("stock")
                 .iter()

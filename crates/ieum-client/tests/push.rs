@@ -136,6 +136,16 @@ async fn snapshot_then_deltas_for_only_what_the_client_calls() {
         client.endpoints("ghost").await.is_some_and(|s| !s.known),
         "an unknown service is known to be unknown"
     );
+    assert!(client.endpoints("Not_A_Name").await.is_none());
+    server.register("stock", "s9").await;
+    until(&client, "deltas after an invalid name", |s| {
+        s.services["stock"].endpoints.contains_key("s9")
+    })
+    .await;
+    assert!(
+        client.connected(),
+        "an invalid name does not end the session"
+    );
     client.shutdown().await;
     server.stop().await;
 }

@@ -228,6 +228,14 @@ pub(crate) async fn set_state(
                 )
                 .into());
             };
+            if reason.len() > 1024 || reason.chars().any(char::is_control) {
+                return Err(ieum_model::ValidationError::new(
+                    "E1215",
+                    "reason",
+                    "must be at most 1024 characters of text without control characters",
+                )
+                .into());
+            }
             return Ok(Json(
                 app.registry
                     .report_down(name.as_str(), &id, &reason, &author.0)
@@ -386,27 +394,31 @@ pub(crate) async fn stream_events(
     let mut live = app.registry.subscribe();
     let registry = app.registry.clone();
     let shutdown = app.shutdown.clone();
+    // Without a resume point the stream starts after the newest stored event, so a lag
+    // later catches up from there, never from the start of history.
+    let start = match resume {
+        Some(id) => id,
+        None => {
+            let newest = EventQuery {
+                limit: 1,
+                ..EventQuery::default()
+            };
+            app.registry
+                .events(&newest)
+                .await?
+                .first()
+                .map_or(0, |e| e.id)
+        }
+    };
     let stream = async_stream(shutdown, move |tx| async move {
-        let mut last = resume.unwrap_or(i64::MAX);
-        if resume.is_some() {
-            let backlog = registry
-                .events(&EventQuery {
-                    after_id: Some(last),
-                    ..filter.clone()
-                })
-                .await
-                .unwrap_or_default();
-            for e in backlog {
-                last = e.id;
-                if tx.send(sse(&e)).await.is_err() {
-                    return;
-                }
-            }
+        let mut last = start;
+        if resume.is_some() && !catch_up(&registry, &filter, &mut last, &tx).await {
+            return;
         }
         loop {
             match live.recv().await {
                 Ok(e) => {
-                    if (resume.is_some() && e.id <= last) || !filter.matches(&e) {
+                    if e.id <= last || !filter.matches(&e) {
                         continue;
                     }
                     last = e.id;
@@ -414,21 +426,10 @@ pub(crate) async fn stream_events(
                         return;
                     }
                 }
+                // Too slow for the live feed: catch up from the store.
                 Err(RecvError::Lagged(_)) => {
-                    // Too slow for the live feed: catch up from the store.
-                    let from = if last == i64::MAX { 0 } else { last };
-                    let missed = registry
-                        .events(&EventQuery {
-                            after_id: Some(from),
-                            ..filter.clone()
-                        })
-                        .await
-                        .unwrap_or_default();
-                    for e in missed {
-                        last = e.id;
-                        if tx.send(sse(&e)).await.is_err() {
-                            return;
-                        }
+                    if !catch_up(&registry, &filter, &mut last, &tx).await {
+                        return;
                     }
                 }
                 Err(RecvError::Closed) => return,
@@ -436,6 +437,42 @@ pub(crate) async fn stream_events(
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(StdDuration::from_secs(15))))
+}
+
+/// Sends every stored event after `last` that passes `filter`, page by page; false when
+/// the client left or the store failed (the stream then ends, and the client resumes with
+/// `Last-Event-ID`).
+async fn catch_up(
+    registry: &ieum_registry::Registry,
+    filter: &EventQuery,
+    last: &mut i64,
+    tx: &tokio::sync::mpsc::Sender<Result<SseEvent, Infallible>>,
+) -> bool {
+    loop {
+        let page = match registry
+            .events(&EventQuery {
+                after_id: Some(*last),
+                ..filter.clone()
+            })
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "event stream: cannot read stored events");
+                return false;
+            }
+        };
+        let full = page.len() >= filter.limit as usize;
+        for e in page {
+            *last = e.id;
+            if tx.send(sse(&e)).await.is_err() {
+                return false;
+            }
+        }
+        if !full {
+            return true;
+        }
+    }
 }
 
 fn sse(e: &Event) -> Result<SseEvent, Infallible> {

@@ -253,7 +253,10 @@ impl Session {
         };
         Ok(ServerMessage {
             protocol: PROTOCOL,
-            version,
+            // Only a full snapshot vouches for a version: it is built from memory, which
+            // already holds every change up to it, while deltas and partial snapshots may
+            // overtake changes whose events are still being stored.
+            version: if with_resources { version } else { 0 },
             services: updates,
             resources,
             replace_resources: with_resources,
@@ -264,7 +267,7 @@ impl Session {
     /// The message an event means for this client, if any.
     async fn delta(&self, event: &ieum_model::Event) -> Option<Result<ServerMessage, Status>> {
         let service = event.service.as_deref()?;
-        let version = self.registry.index();
+        // Deltas carry no version (0): see `snapshot`.
         match event.kind {
             EventKind::InstanceRegistered
             | EventKind::InstanceUpdated
@@ -290,7 +293,6 @@ impl Session {
                 };
                 Some(Ok(ServerMessage {
                     protocol: PROTOCOL,
-                    version,
                     services: vec![update],
                     epoch: self.epoch.clone(),
                     ..Default::default()
@@ -319,7 +321,6 @@ impl Session {
                 };
                 Some(Ok(ServerMessage {
                     protocol: PROTOCOL,
-                    version,
                     resources: vec![update],
                     epoch: self.epoch.clone(),
                     ..Default::default()

@@ -241,6 +241,14 @@ async fn heartbeats_drains_and_deregistration() {
     assert_error(&bad_state, StatusCode::BAD_REQUEST, "E1214", "state");
     let no_reason = call(&app, "PUT", state, Some(r#"{"state": "down"}"#)).await;
     assert_error(&no_reason, StatusCode::BAD_REQUEST, "E1215", "reason");
+    let nul = call(
+        &app,
+        "PUT",
+        state,
+        Some(r#"{"state": "down", "reason": "a\u0000b"}"#),
+    )
+    .await;
+    assert_error(&nul, StatusCode::BAD_REQUEST, "E1215", "reason");
     let down_body = r#"{"state": "down", "reason": "app exited with code 3"}"#;
     let down = call(&app, "PUT", state, Some(down_body)).await;
     assert_eq!(down.status, StatusCode::OK, "{}", down.body);

@@ -356,6 +356,33 @@ async fn policies_on_a_route_land_on_its_service_timeline_and_deletes_are_revisi
 }
 
 #[tokio::test]
+async fn a_route_moved_to_another_service_is_recorded_on_both_timelines() {
+    let app = app().await;
+    let route = |svc: &str| {
+        format!(
+            "apiVersion: ieum.dev/v1\nkind: Route\nmetadata: {{name: r}}\nspec: {{service: {svc}, rules: [{{}}]}}\n"
+        )
+    };
+    apply_yaml(&app, &route("orders")).await;
+    let (status, _) = apply_yaml(&app, &route("stock")).await;
+    assert_eq!(status, StatusCode::OK);
+    for svc in ["orders", "stock"] {
+        let (_, events) = get(
+            &app,
+            &format!("/v1/services/{svc}/events?kind=config.changed&limit=1"),
+        )
+        .await;
+        assert!(
+            events[0]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("Route/r changed"),
+            "{svc}: {events}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn schemas_are_served_per_kind() {
     let app = app().await;
     let (status, schema) = get(&app, "/v1/schemas/Route.json").await;

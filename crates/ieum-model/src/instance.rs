@@ -16,6 +16,9 @@ pub const MIN_TTL: Duration = Duration::from_secs(1);
 pub const MAX_TTL: Duration = Duration::from_secs(3600);
 /// Default time an instance may stay `down` before it is removed.
 pub const DEFAULT_DEREGISTER_AFTER: Duration = Duration::from_secs(600);
+/// Longest time an instance may stay `down` before removal (also keeps deadline arithmetic
+/// far from overflow).
+pub const MAX_DEREGISTER_AFTER: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Longest instance id.
 pub const MAX_ID_LEN: usize = 128;
 
@@ -306,10 +309,16 @@ impl InstanceRegistration {
             || format!("must be between {MIN_TTL} and {MAX_TTL} (is {})", self.ttl),
         );
         v.check(
-            self.deregister_after >= Duration::from_secs(1),
+            self.deregister_after >= Duration::from_secs(1)
+                && self.deregister_after <= MAX_DEREGISTER_AFTER,
             "E1213",
             "deregisterAfter",
-            || format!("must be at least 1s (is {})", self.deregister_after),
+            || {
+                format!(
+                    "must be between 1s and {MAX_DEREGISTER_AFTER} (is {})",
+                    self.deregister_after
+                )
+            },
         );
         if let Some(check) = &self.check {
             v.nested("check", |v| check.validate(v));

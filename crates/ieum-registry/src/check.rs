@@ -189,6 +189,14 @@ fn authority(address: &str, port: u16) -> String {
 }
 
 fn truncate(s: &mut String) {
+    // Output goes into event messages; control characters (NUL above all, which
+    // PostgreSQL refuses in text) are shown as `?`.
+    if s.chars().any(char::is_control) {
+        *s = s
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+    }
     if s.len() > MAX_OUTPUT {
         let mut cut = MAX_OUTPUT;
         while !s.is_char_boundary(cut) {
@@ -285,6 +293,13 @@ mod tests {
     fn ipv6_addresses_get_brackets() {
         assert_eq!(authority("::1", 80), "[::1]:80");
         assert_eq!(authority("10.0.0.1", 80), "10.0.0.1:80");
+    }
+
+    #[test]
+    fn control_characters_are_masked() {
+        let mut s = "bad\0body\n".to_owned();
+        truncate(&mut s);
+        assert_eq!(s, "bad?body?");
     }
 
     #[test]

@@ -135,6 +135,9 @@ pub(crate) struct Core {
     checker: check::Checker,
     started_at: Timestamp,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Serializes configuration applies and deletes: each reads the current revision
+    /// before it writes, so two at once could report wrong diffs or lose an update.
+    config_lock: tokio::sync::Mutex<()>,
 }
 
 /// Changes to store in order, and who waits for them.
@@ -418,6 +421,19 @@ fn define_service(
     changes
 }
 
+/// Tells whoever waits on `jobs` that storing them failed.
+fn fail(jobs: Vec<Write>, e: &ieum_store::StoreError) {
+    for ack in jobs.into_iter().filter_map(|j| j.ack) {
+        let _ = ack.send(Err(e.to_string()));
+    }
+}
+
+/// `at + d`, saturating far in the future instead of overflowing.
+fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d.get())
+        .unwrap_or_else(|| at + std::time::Duration::from_secs(100 * 365 * 86_400))
+}
+
 /// Brings a lease-down instance back (to `up`, or `draining` when drained) and returns the
 /// changes that record it.
 fn recover(
@@ -482,6 +498,7 @@ impl Registry {
             checker: check::Checker::new(),
             started_at: now,
             tasks: Mutex::new(Vec::new()),
+            config_lock: tokio::sync::Mutex::new(()),
         });
         let registry = Registry { core };
 
@@ -514,9 +531,11 @@ impl Registry {
                 // A restored lease gets one TTL of grace, so a restart does not mark every
                 // instance down.
                 let lease = (!has_check).then(|| now_i + instance.ttl.get());
+                // Down instances keep at least one TTL after a restart too, so a server that
+                // was away (or was protecting them) does not purge them at once.
                 let removal_at = (instance.state == InstanceState::Down).then(|| {
                     let due = instance.state_since.plus(instance.deregister_after);
-                    now_i + due.since(now).get()
+                    later(now_i, due.since(now).max(instance.ttl))
                 });
                 let id = instance.id.clone();
                 let entry = Entry {
@@ -710,6 +729,9 @@ impl Registry {
                 Some(entry) => {
                     let before = serde_json::to_value(&entry.instance).unwrap_or_default();
                     let check_changed = entry.instance.check != reg.check;
+                    // A check probes the address it was started with: a move restarts it.
+                    let moved = entry.instance.address != reg.address
+                        || i64::from(entry.instance.port) != reg.port;
                     apply_registration(&mut entry.instance, &reg);
                     entry.instance.last_heartbeat = Some(now);
                     if check_changed {
@@ -737,6 +759,8 @@ impl Registry {
                             entry.lease = Some(now_i + ttl.get());
                             new_lease = true;
                         }
+                    } else if moved && reg.check.is_some() {
+                        restart_check = true;
                     } else if entry.lease.is_some() {
                         entry.lease = Some(now_i + ttl.get());
                         new_lease = true;
@@ -984,7 +1008,7 @@ impl Registry {
                 now,
             );
             let result = entry.instance.clone();
-            let removal = Instant::now() + entry.instance.deregister_after.get();
+            let removal = later(Instant::now(), entry.instance.deregister_after);
             let changes = vec![
                 put_instance(service, &result),
                 event(
@@ -1153,7 +1177,9 @@ impl Registry {
                 RegistryError::NotFound(format!("service `{service}` is not registered"))
             })?;
             match index {
-                Some(i) if s.index <= i => s.watch.subscribe(),
+                // An index above the registry's comes from before a restart (indexes start
+                // again): answer at once rather than sleep through changes.
+                Some(i) if s.index <= i && i <= st.index => s.watch.subscribe(),
                 _ => return Ok(select(s, filter)),
             }
         };
@@ -1287,60 +1313,70 @@ impl Core {
                     Err(_) => break,
                 }
             }
-            let counts: Vec<usize> = jobs
-                .iter()
-                .map(|j| {
-                    j.changes
+            if let Err((e, jobs)) = self.commit_jobs(jobs).await {
+                if jobs.len() == 1 {
+                    fail(jobs, &e);
+                } else {
+                    // One bad change must not sink the others: store each job alone, in order.
+                    for job in jobs {
+                        if let Err((e, job)) = self.commit_jobs(vec![job]).await {
+                            fail(job, &e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Commits `jobs` in one transaction, then publishes their events and acknowledges
+    /// them; on failure hands the jobs back unacknowledged.
+    async fn commit_jobs(
+        &self,
+        jobs: Vec<Write>,
+    ) -> Result<(), (ieum_store::StoreError, Vec<Write>)> {
+        let changes: Vec<Change> = jobs
+            .iter()
+            .flat_map(|j| j.changes.iter().cloned())
+            .collect();
+        match self.store.commit(&changes).await {
+            Ok(Committed { events, revisions }) => {
+                self.storage_ok.store(true, Ordering::Relaxed);
+                {
+                    let mut st = self.lock();
+                    for e in &events {
+                        if let Some(s) = e.service.as_deref().and_then(|n| st.services.get_mut(n)) {
+                            s.last_event = Some(e.clone());
+                        }
+                    }
+                    for (kind, name, revision) in revisions {
+                        if let Some(s) = st.services.get_mut(&name).filter(|_| kind == SERVICE_KIND)
+                        {
+                            s.revision = s.revision.max(revision);
+                        }
+                    }
+                }
+                let mut rest = events.as_slice();
+                for job in jobs {
+                    let n = job
+                        .changes
                         .iter()
                         .filter(|c| matches!(c, Change::Event(_)))
-                        .count()
-                })
-                .collect();
-            let mut changes = Vec::with_capacity(size);
-            let mut acks = Vec::with_capacity(jobs.len());
-            for j in jobs {
-                changes.extend(j.changes);
-                acks.push(j.ack);
+                        .count();
+                    let (mine, tail) = rest.split_at(n.min(rest.len()));
+                    rest = tail;
+                    for e in mine {
+                        let _ = self.events.send(e.clone());
+                    }
+                    if let Some(ack) = job.ack {
+                        let _ = ack.send(Ok(mine.to_vec()));
+                    }
+                }
+                Ok(())
             }
-            match self.store.commit(&changes).await {
-                Ok(Committed { events, revisions }) => {
-                    self.storage_ok.store(true, Ordering::Relaxed);
-                    {
-                        let mut st = self.lock();
-                        for e in &events {
-                            if let Some(s) =
-                                e.service.as_deref().and_then(|n| st.services.get_mut(n))
-                            {
-                                s.last_event = Some(e.clone());
-                            }
-                        }
-                        for (kind, name, revision) in revisions {
-                            if let Some(s) =
-                                st.services.get_mut(&name).filter(|_| kind == SERVICE_KIND)
-                            {
-                                s.revision = s.revision.max(revision);
-                            }
-                        }
-                    }
-                    let mut rest = events.as_slice();
-                    for (ack, n) in acks.into_iter().zip(counts) {
-                        let (mine, tail) = rest.split_at(n.min(rest.len()));
-                        rest = tail;
-                        for e in mine {
-                            let _ = self.events.send(e.clone());
-                        }
-                        if let Some(ack) = ack {
-                            let _ = ack.send(Ok(mine.to_vec()));
-                        }
-                    }
-                }
-                Err(e) => {
-                    self.storage_ok.store(false, Ordering::Relaxed);
-                    tracing::error!(error = %e, changes = changes.len(), "could not store registry changes");
-                    for ack in acks.into_iter().flatten() {
-                        let _ = ack.send(Err(e.to_string()));
-                    }
-                }
+            Err(e) => {
+                self.storage_ok.store(false, Ordering::Relaxed);
+                tracing::error!(error = %e, changes = changes.len(), "could not store registry changes");
+                Err((e, jobs))
             }
         }
     }
@@ -1410,7 +1446,7 @@ impl Core {
                         SYSTEM_AUTHOR,
                         serde_json::json!({"ttl": ttl}),
                     ));
-                    let removal = now_i + entry.instance.deregister_after.get();
+                    let removal = later(now_i, entry.instance.deregister_after);
                     st.arm_removal(&timer.service, &timer.id, removal);
                     touched.insert(timer.service.clone());
                     expired += 1;
@@ -1460,7 +1496,8 @@ impl Core {
             st.touch(s);
         }
         self.protection(&mut st, now, now_i, expired, &mut changes);
-        drop(st);
+        // Send while holding the lock, like every other mutation, so the writer stores
+        // changes in the order memory saw them.
         if !changes.is_empty() {
             self.send(changes, None);
         }
@@ -1644,16 +1681,15 @@ impl Core {
             SYSTEM_AUTHOR,
             serde_json::json!({"output": result.output}),
         ));
-        let deregister_after = entry.instance.deregister_after.get();
+        let deregister_after = entry.instance.deregister_after;
         if to == InstanceState::Down {
-            if st.arm_removal(service, id, Instant::now() + deregister_after) {
+            if st.arm_removal(service, id, later(Instant::now(), deregister_after)) {
                 self.reaper_wake.notify_one();
             }
         } else if let Some(e) = st.entry_mut(service, id) {
             e.removal = None;
         }
         st.touch(service);
-        drop(st);
         self.send(changes, None);
     }
 }

@@ -83,6 +83,7 @@ impl Registry {
         if !dupes.is_empty() {
             return Err(RegistryError::Invalid(dupes));
         }
+        let _one_at_a_time = self.core.config_lock.lock().await;
         let store = self.core.store.clone();
         let mut plans = Vec::with_capacity(resources.len());
         for checked in &resources {
@@ -94,7 +95,15 @@ impl Registry {
                 .await?
                 .last()
                 .map_or(0, |r| r.revision);
-            let services = self.services_concerned(checked, &resources).await?;
+            let mut services = self.services_concerned(checked, &resources).await?;
+            // A resource moved to another target must also leave its old one's clients.
+            if let Some(cur) = &current {
+                for s in self.stored_services_concerned(checked.kind, cur).await? {
+                    if !services.contains(&s) {
+                        services.push(s);
+                    }
+                }
+            }
             plans.push(Plan {
                 checked: checked.clone(),
                 current,
@@ -210,6 +219,7 @@ impl Registry {
         name: &str,
         author: &str,
     ) -> Result<Applied, RegistryError> {
+        let _one_at_a_time = self.core.config_lock.lock().await;
         let store = self.core.store.clone();
         let Some(current) = store.resource(kind.as_str(), name).await? else {
             return Err(RegistryError::NotFound(format!(
@@ -221,20 +231,7 @@ impl Registry {
             .await?
             .last()
             .map_or(current.revision, |r| r.revision);
-        let checked = resource::check(&resource::Resource {
-            api_version: resource::API_VERSION.into(),
-            kind: kind.as_str().into(),
-            metadata: resource::Metadata {
-                name: name.to_owned(),
-                labels: current.labels.clone(),
-            },
-            spec: current.spec.clone(),
-        })
-        .ok();
-        let services = match &checked {
-            Some(c) => self.services_concerned(c, &[]).await?,
-            None => Vec::new(),
-        };
+        let services = self.stored_services_concerned(kind, &current).await?;
         let diff = resource::diff(
             &envelope(&current.labels, &current.spec),
             &serde_json::json!({}),
@@ -361,6 +358,27 @@ impl Registry {
             }
         }
         Ok(out)
+    }
+
+    /// The services a stored resource concerns (as `services_concerned` for its spec).
+    async fn stored_services_concerned(
+        &self,
+        kind: Kind,
+        stored: &StoredResource,
+    ) -> Result<Vec<Name>, RegistryError> {
+        let checked = resource::check(&resource::Resource {
+            api_version: resource::API_VERSION.into(),
+            kind: kind.as_str().into(),
+            metadata: resource::Metadata {
+                name: stored.name.clone(),
+                labels: stored.labels.clone(),
+            },
+            spec: stored.spec.clone(),
+        });
+        match checked {
+            Ok(c) => self.services_concerned(&c, &[]).await,
+            Err(_) => Ok(Vec::new()),
+        }
     }
 
     /// The services whose timelines record changes to `c`: those it names, or, for a
