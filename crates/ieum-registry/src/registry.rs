@@ -373,6 +373,7 @@ fn define_service(
     labels: BTreeMap<String, String>,
     author: &str,
     now: Timestamp,
+    rewrite: bool,
 ) -> Vec<Change> {
     let index = st.index;
     let existed = st.services.contains_key(name);
@@ -380,7 +381,7 @@ fn define_service(
         .services
         .entry(name.to_owned())
         .or_insert_with(|| ServiceEntry::new(now, index));
-    if existed && entry.spec == spec && entry.labels == labels {
+    if existed && entry.spec == spec && entry.labels == labels && !rewrite {
         return Vec::new();
     }
     let before = serde_json::json!({"labels": entry.labels, "spec": entry.spec});
@@ -644,7 +645,9 @@ impl Registry {
         let now = self.core.clock.now();
         let rx = {
             let mut st = self.core.lock();
-            let changes = define_service(&mut st, name.as_str(), spec, labels, author, now);
+            let rewrite = !self.core.storage_ok.load(Ordering::Relaxed);
+            let changes =
+                define_service(&mut st, name.as_str(), spec, labels, author, now, rewrite);
             if changes.is_empty() {
                 return Ok(self
                     .view_locked(&st, name.as_str())
@@ -724,6 +727,11 @@ impl Registry {
                                 now,
                             ));
                         }
+                    }
+                    // After a failed write memory may be ahead of storage: a client retrying
+                    // the same registration must get it stored, not a silent "unchanged".
+                    if changes.is_empty() && !core.storage_ok.load(Ordering::Relaxed) {
+                        changes.push(put_instance(svc, &entry.instance));
                     }
                 }
                 Some(entry) => {

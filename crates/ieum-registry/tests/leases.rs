@@ -551,10 +551,19 @@ async fn a_failed_write_is_reported_and_marks_storage_unhealthy() {
     assert!(matches!(err, RegistryError::Storage(_)), "{err}");
     assert!(!r.status().storage_ok);
     store.fail_writes(false);
-    r.register(&name("orders"), reg("b", 5), "local")
+    // The client retries the same registration: it must now be stored, not "unchanged".
+    r.register(&name("orders"), reg("a", 5), "local")
         .await
         .unwrap();
     assert!(r.status().storage_ok);
+    let stored: Vec<String> = store
+        .instances()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.instance.id)
+        .collect();
+    assert_eq!(stored, ["a"]);
     r.shutdown().await;
 }
 

@@ -167,6 +167,7 @@ impl Registry {
                             c.labels.clone(),
                             author,
                             now,
+                            false,
                         ));
                     } else {
                         changes.push(Change::PutResource {
