@@ -94,8 +94,8 @@ impl Checker {
             Err(e) => return Outcome::fail(format!("GET {uri}: {}", error_chain(&e))),
         };
         let status = resp.status();
-        let body = resp
-            .into_body()
+        // Only the start of the body is shown; never read an unbounded one.
+        let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
             .collect()
             .await
             .map(|b| b.to_bytes())
