@@ -188,7 +188,8 @@ impl Client {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -289,11 +290,16 @@ async fn session(
                 let Some(msg) = msg? else { return Ok(false) };
                 let mut next = (*inner.snapshot.borrow().clone()).clone();
                 next.apply(&msg);
-                let saved = options.snapshot_file.as_ref().map(|path| (path, next.save(path)));
-                if let Some((path, Err(e))) = saved {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot save the snapshot");
+                let next = Arc::new(next);
+                if let Some(path) = options.snapshot_file.clone() {
+                    // File I/O (with fsync) off the async workers, in message order.
+                    let s = next.clone();
+                    let saved = tokio::task::spawn_blocking(move || s.save(&path).map_err(|e| (path, e))).await;
+                    if let Ok(Err((path, e))) = saved {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot save the snapshot");
+                    }
                 }
-                inner.snapshot.send_replace(Arc::new(next));
+                inner.snapshot.send_replace(next);
                 inner.connected.send_replace(true);
             }
             Some(new) = sub_rx.recv() => {

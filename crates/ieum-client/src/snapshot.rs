@@ -153,11 +153,14 @@ impl Snapshot {
             .unwrap_or_default()
     }
 
-    /// Writes the snapshot to `path` atomically (a temporary file, then a rename), so a
-    /// crash never leaves half a file.
+    /// Writes the snapshot to `path` atomically (a temporary file flushed to disk, then a
+    /// rename), so neither a crash nor a power loss leaves half a file.
     pub fn save(&self, path: &Path) -> io::Result<()> {
+        use std::io::Write;
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(self)?)?;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(self)?)?;
+        f.sync_all()?;
         std::fs::rename(tmp, path)
     }
 
