@@ -18,6 +18,7 @@ mod client;
 mod config_cli;
 mod output;
 mod server;
+mod sidecar;
 
 /// ieum (이음): a service registry and mesh control plane in one binary.
 #[derive(Debug, Parser)]
@@ -64,6 +65,12 @@ enum Command {
     History(config_cli::NamedArgs),
     /// Print the JSON Schema of a kind (for editors): `ieum schema Route`.
     Schema(config_cli::SchemaArgs),
+    /// Run an app beside its sidecar, sharing one lifecycle: `ieum run --service orders
+    /// --app-port 8080 -- python3 app.py`. Exits with the app's code.
+    Run(sidecar::RunArgs),
+    /// Run the sidecar alone (containers, systemd): `ieum sidecar --service orders
+    /// --app-port 8080`.
+    Sidecar(sidecar::SidecarArgs),
     /// Register an instance and keep it alive with heartbeats until stopped (for VMs and
     /// scripts); deregisters it on Ctrl-C.
     Register(cli::RegisterArgs),
@@ -86,23 +93,26 @@ fn main() -> ExitCode {
         token: cli.token,
         format: cli.output,
     };
-    let result = runtime.block_on(async move {
+    let result: anyhow::Result<u8> = runtime.block_on(async move {
+        let done = |r: anyhow::Result<()>| r.map(|()| 0u8);
         match cli.command {
-            Command::Server(args) => server::run(args).await,
-            Command::Get(args) => cli::get(&ctx, args).await,
-            Command::Describe(args) => cli::describe(&ctx, args).await,
-            Command::Events(args) => cli::events(&ctx, args).await,
-            Command::Register(args) => cli::register(&ctx, args).await,
-            Command::Apply(args) => config_cli::apply(&ctx, args).await,
-            Command::Validate(files) => config_cli::validate(&ctx, files).await,
-            Command::Diff(files) => config_cli::diff(&ctx, files).await,
-            Command::Delete(args) => config_cli::delete(&ctx, args).await,
-            Command::History(args) => config_cli::history(&ctx, args).await,
-            Command::Schema(args) => config_cli::schema(&args),
+            Command::Run(args) => sidecar::run(&ctx, args).await,
+            Command::Sidecar(args) => sidecar::sidecar(&ctx, args).await,
+            Command::Server(args) => done(server::run(args).await),
+            Command::Get(args) => done(cli::get(&ctx, args).await),
+            Command::Describe(args) => done(cli::describe(&ctx, args).await),
+            Command::Events(args) => done(cli::events(&ctx, args).await),
+            Command::Register(args) => done(cli::register(&ctx, args).await),
+            Command::Apply(args) => done(config_cli::apply(&ctx, args).await),
+            Command::Validate(files) => done(config_cli::validate(&ctx, files).await),
+            Command::Diff(files) => done(config_cli::diff(&ctx, files).await),
+            Command::Delete(args) => done(config_cli::delete(&ctx, args).await),
+            Command::History(args) => done(config_cli::history(&ctx, args).await),
+            Command::Schema(args) => done(config_cli::schema(&args)),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             let code = e
                 .downcast_ref::<client::Failure>()

@@ -1,0 +1,126 @@
+//! The inbound listener: other sidecars' calls, forwarded to the app over a pooled
+//! keep-alive connection. Every request is counted in flight until its response body
+//! ends, so a drain waits for it, and recorded in the inbound metrics.
+//!
+//! mTLS and authorization by caller identity slot in before `forward` (on the accepted
+//! connection and on the request) without changing it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use ieum_resilience::classify::{ConnectError, REASON_HEADER, SOURCE_HEADER, classify, is_failure};
+use ieum_resilience::classify::{error_response, grpc};
+use ieum_resilience::deadline::incoming_budget;
+use tokio::time::Instant;
+use tower::{BoxError, Layer, ServiceExt};
+
+use crate::Shared;
+use crate::access_log::Entry;
+use crate::body::{Guarded, InFlight, ProxyBody, boxed, text};
+use crate::upstream::{retarget, strip_hop_by_hop};
+
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let guard = InFlight::new(&shared.in_flight);
+    let metrics = &shared.inbound_metrics;
+    metrics.request();
+    let start = Instant::now();
+    let entry = shared.access_log.get().map(|_| Entry::new(&req, "inbound"));
+    let res = forward(&shared, req).await;
+    metrics.response(res.status(), is_failure(&res), start.elapsed());
+    if let (Some(entry), Some(sink)) = (entry, shared.access_log.get()) {
+        sink(entry.line(&res, start.elapsed()));
+    }
+    Ok(res.map(|b| Guarded::wrap(b, guard)))
+}
+
+async fn forward(shared: &Shared, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    // The service's own rate limit (a `RateLimitPolicy` targeting it) is enforced here,
+    // where every caller's traffic meets.
+    let config = shared.config();
+    let limiter = config
+        .inbound_limiter(&shared.service)
+        .layer(tower::service_fn(|()| async { Ok::<_, Infallible>(()) }));
+    if let Err(e) = limiter.oneshot(()).await {
+        let mut res: Response<ProxyBody> = error_response(&e, grpc::is_grpc(&req));
+        let reason = res.headers().get(REASON_HEADER).cloned();
+        if let Some(r) = reason.as_ref().and_then(|r| r.to_str().ok()) {
+            *res.body_mut() = text(format!("{r}: calls into `{}`\n", shared.service));
+        }
+        return res;
+    }
+    // A caller's budget (`ieum-budget-ms`, `grpc-timeout`) bounds the wait for the app:
+    // past it, nobody is waiting for the answer.
+    let budget = incoming_budget(req.headers());
+    let upgrade = crate::upgrade::take(&mut req);
+    strip_hop_by_hop(req.headers_mut());
+    if let Some(u) = &upgrade {
+        u.restore(req.headers_mut());
+    }
+    retarget(&mut req, &shared.app);
+    // HTTP/2 between sidecars is ours; towards the app, only gRPC needs it (and its
+    // servers speak it), while every HTTP app speaks HTTP/1.1.
+    if !grpc::is_grpc(&req) {
+        *req.version_mut() = http::Version::HTTP_11;
+    }
+    let call = shared.app_client.request(req);
+    let result = match budget {
+        Some(b) => match tokio::time::timeout(b, call).await {
+            Ok(r) => r,
+            Err(_) => {
+                return local_error(
+                    shared,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "deadline-exceeded",
+                    "local",
+                );
+            }
+        },
+        None => call.await,
+    };
+    match result {
+        Ok(res) => {
+            let mut res = res.map(boxed);
+            strip_hop_by_hop(res.headers_mut());
+            if let Some(u) = upgrade {
+                u.splice(&mut res);
+            }
+            res
+        }
+        Err(e) => {
+            let err: BoxError = if e.is_connect() {
+                ConnectError(e.into()).into()
+            } else {
+                e.into()
+            };
+            let c = classify(&err);
+            tracing::debug!(error = %err, app = %shared.app_addr, "call to the app failed");
+            local_error(shared, c.status, c.reason, c.source.as_str())
+        }
+    }
+}
+
+fn local_error(
+    shared: &Shared,
+    status: StatusCode,
+    reason: &'static str,
+    source: &'static str,
+) -> Response<ProxyBody> {
+    let mut res = Response::new(text(format!(
+        "{reason}: calling the app of `{}` at {}\n",
+        shared.service, shared.app_addr
+    )));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(REASON_HEADER, HeaderValue::from_static(reason));
+    h.insert(SOURCE_HEADER, HeaderValue::from_static(source));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}

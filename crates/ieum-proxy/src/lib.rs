@@ -1,0 +1,391 @@
+//! The sidecar's data plane: three listeners in front of one app.
+//!
+//! ```text
+//!  app ──HTTP_PROXY / Host / /v1/invoke/──► outbound ──► other sidecars' inbound ──► their app
+//!                                                    └──► outside the mesh (egress, CONNECT)
+//!  other sidecars ────────────────────────► inbound ───► app_addr
+//!  operators, probes ─────────────────────► admin: /ready /metrics /config /endpoints
+//! ```
+//!
+//! [`Sidecar::start`] binds the three listeners and serves them on tasks; the lifecycle
+//! (`ieum run` / `ieum sidecar`: launching the app, registration, heartbeats) lives in the
+//! binary and drives this through [`Sidecar::set_app_healthy`] and [`Sidecar::drain`].
+//!
+//! How the lifecycle drives it:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use ieum_proxy::{Sidecar, SidecarConfig};
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let client = ieum_client::Client::start(ieum_client::Options {
+//!     server: "http://127.0.0.1:7700".into(),
+//!     client: "orders-sidecar".into(),
+//!     service: Some("orders".into()),
+//!     calls: vec![],
+//!     snapshot_file: None,
+//!     token: None,
+//! });
+//! let sidecar = Sidecar::start(SidecarConfig {
+//!     service: "orders".into(),
+//!     zone: Some("z1".into()),
+//!     app_addr: "127.0.0.1:8080".parse().expect("an address"),
+//!     outbound_listen: "127.0.0.1:7710".parse().expect("an address"),
+//!     inbound_listen: "0.0.0.0:7711".parse().expect("an address"),
+//!     admin_listen: "127.0.0.1:7719".parse().expect("an address"),
+//!     client,
+//! })
+//! .await?;
+//! // Register the instance at `sidecar.inbound_addr()`; start the app with
+//! // `HTTP_PROXY=http://{outbound_addr}`; report its health as checks go.
+//! sidecar.set_app_healthy(true);
+//! // On SIGTERM: mark the instance draining, then
+//! sidecar.drain(Duration::from_secs(30)).await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! - `outbound`: which service a request is for (absolute-form proxy request, `Host`, or
+//!   the path form `/v1/invoke/SERVICE/PATH` for requests addressed to the listener
+//!   itself), route selection and filters, then the destination's stack; egress.
+//! - `config`: the effective configuration read from the client's snapshot: routes
+//!   compiled for matching, policy precedence, and the typed stack configuration.
+//! - `dest`: one `ieum_resilience::stack::client` per route rule and backend (service and
+//!   version subset), with endpoints kept in step with the snapshot.
+//! - `upstream`: pooled keep-alive clients (HTTP/1.1, and HTTP/2 prior knowledge for
+//!   requests that came in as HTTP/2, so gRPC keeps trailers and streams) and the
+//!   per-endpoint service.
+//! - `inbound`: forwarding to the app, with the service's own rate limit, the caller's
+//!   deadline, and in-flight counting for drains.
+//! - `admin`: readiness, Prometheus metrics, the effective configuration, endpoints.
+//! - `access_log`: the opt-in JSON access log (Envoy's field names).
+//! - `breakers`: latest breaker states and the coalesced feed of transitions.
+//! - `metrics`: Linkerd-named counters and histograms, atomics per label set.
+//! - `upgrade`: HTTP/1.1 upgrades (WebSocket) spliced after a `101`; `CONNECT` tunnels.
+//! - `server`: the accept loop (HTTP/1.1 and h2c on one port) with graceful stop; `body`:
+//!   the response body type and the in-flight guard.
+//!
+//! **Invariant (static stability):** the request path never waits on the control plane,
+//! except the client library's bounded first-use wait for a service never seen before.
+//! With the server down, calls use the last snapshot, and `/ready` says since when the
+//! control plane is unreachable.
+//!
+//! **Invariant:** every resilience concern comes from `ieum-resilience`; this crate only
+//! chooses the configuration and the endpoints.
+
+mod access_log;
+mod admin;
+mod body;
+mod breakers;
+mod config;
+mod dest;
+mod inbound;
+mod metrics;
+mod outbound;
+mod server;
+mod upgrade;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use http::uri::Authority;
+use hyper::body::Incoming;
+use ieum_client::{Client, Snapshot};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use body::ProxyBody;
+pub use metrics::{GoldenSignals, Traffic};
+
+use body::InFlightCounter;
+use config::Config;
+use dest::UpBody;
+use metrics::{Direction, Metrics, RouteMetrics};
+use upstream::Clients;
+
+/// How often the connection to the control plane is sampled for `/ready`.
+const CONNECTED_POLL: Duration = Duration::from_millis(200);
+
+/// What a sidecar needs to start.
+#[derive(Debug, Clone)]
+pub struct SidecarConfig {
+    /// Its own service: the caller in breaker reports, `dst_service` of inbound metrics,
+    /// and the target of inbound rate limits.
+    pub service: String,
+    /// Its zone, so balancing prefers endpoints in the same zone.
+    pub zone: Option<String>,
+    /// Where the app listens, e.g. `127.0.0.1:APP_PORT`; inbound traffic goes there.
+    pub app_addr: SocketAddr,
+    /// The app's calls to other services (HTTP proxy, `Host` routing, the sidecar's own
+    /// API); port 0 picks a free one.
+    pub outbound_listen: SocketAddr,
+    /// Calls from other sidecars to this app; the address registered for the instance.
+    pub inbound_listen: SocketAddr,
+    /// `/ready`, `/metrics`, `/config`, `/endpoints`.
+    pub admin_listen: SocketAddr,
+    /// The push-stream client, already started by the caller.
+    pub client: Client,
+}
+
+/// Receives access log lines.
+type AccessLogSink = Box<dyn Fn(String) + Send + Sync>;
+
+/// State shared by the listeners and background tasks.
+pub(crate) struct Shared {
+    service: String,
+    zone: Option<Arc<str>>,
+    app: Authority,
+    app_addr: SocketAddr,
+    client: Client,
+    /// The configuration in effect; replaced (with its stacks) when a resource changes.
+    config: RwLock<Arc<Config>>,
+    metrics: Metrics,
+    inbound_metrics: Arc<RouteMetrics>,
+    /// Calls outside the mesh (`dst_service="external"`, `route="egress"`).
+    egress_metrics: Arc<RouteMetrics>,
+    /// The outbound listener's port, to tell requests for the sidecar itself apart.
+    outbound_port: u16,
+    /// Pool towards other sidecars (bodies the retry layer can replay).
+    up_client: Clients<UpBody>,
+    /// Pool towards the app, and outside the mesh.
+    app_client: Clients<Incoming>,
+    app_healthy: AtomicBool,
+    /// Set by a drain: `/ready` answers 503 so load balancers stop sending.
+    draining: AtomicBool,
+    /// Where access log lines go, once enabled.
+    access_log: std::sync::OnceLock<AccessLogSink>,
+    /// Breaker transitions of every stack.
+    breakers: breakers::Breakers,
+    in_flight: Arc<InFlightCounter>,
+    /// Since when the control plane is unreachable (`None` while connected).
+    disconnected_since: Mutex<Option<SystemTime>>,
+}
+
+impl Shared {
+    fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Follows a new snapshot: a new configuration when a resource changed (keeping the
+    /// stacks it does not change), otherwise new endpoints for the existing stacks.
+    fn on_snapshot(&self, snapshot: &Snapshot) {
+        let current = self.config();
+        if current.fingerprint != config::fingerprint(snapshot) {
+            let fresh = Config::from_snapshot(snapshot);
+            // Stacks whose inputs did not change carry over with their state.
+            for d in current.dests.all() {
+                if fresh.inputs(&d.key) == d.inputs {
+                    d.update(snapshot, &self.up_client);
+                    fresh.dests.insert(d);
+                }
+            }
+            *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+            return;
+        }
+        for d in current.dests.all() {
+            d.update(snapshot, &self.up_client);
+        }
+    }
+
+    fn sample_connected(&self) {
+        let connected = self.client.connected();
+        let mut since = self
+            .disconnected_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match (connected, *since) {
+            (true, _) => *since = None,
+            (false, None) => *since = Some(SystemTime::now()),
+            (false, Some(_)) => {}
+        }
+    }
+}
+
+/// A running sidecar. Dropping it stops every listener.
+pub struct Sidecar {
+    shared: Arc<Shared>,
+    outbound: SocketAddr,
+    inbound: SocketAddr,
+    admin: SocketAddr,
+    /// Stops the inbound listener (first step of a drain).
+    stop_inbound: CancellationToken,
+    /// Stops everything else.
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Sidecar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sidecar")
+            .field("service", &self.shared.service)
+            .field("outbound", &self.outbound)
+            .field("inbound", &self.inbound)
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sidecar {
+    /// Binds the three listeners and serves them.
+    pub async fn start(config: SidecarConfig) -> std::io::Result<Sidecar> {
+        let outbound_l = TcpListener::bind(config.outbound_listen).await?;
+        let inbound_l = TcpListener::bind(config.inbound_listen).await?;
+        let admin_l = TcpListener::bind(config.admin_listen).await?;
+        let app = upstream::authority(&config.app_addr.ip().to_string(), config.app_addr.port())
+            .ok_or_else(|| std::io::Error::other("the app address is not a valid authority"))?;
+        let metrics = Metrics::default();
+        let inbound_metrics = metrics.route(Direction::Inbound, &config.service, "default");
+        let egress_metrics = metrics.route(Direction::Outbound, "external", "egress");
+        let snapshot = config.client.snapshot();
+        let shared = Arc::new(Shared {
+            zone: config.zone.as_deref().map(Arc::from),
+            service: config.service,
+            app,
+            app_addr: config.app_addr,
+            config: RwLock::new(Arc::new(Config::from_snapshot(&snapshot))),
+            metrics,
+            inbound_metrics,
+            egress_metrics,
+            outbound_port: outbound_l.local_addr()?.port(),
+            up_client: Clients::new(),
+            app_client: Clients::new(),
+            app_healthy: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+            breakers: breakers::Breakers::start(),
+            access_log: std::sync::OnceLock::new(),
+            in_flight: Arc::new(InFlightCounter::default()),
+            disconnected_since: Mutex::new(None),
+            client: config.client,
+        });
+        shared.sample_connected();
+        let stop = CancellationToken::new();
+        let stop_inbound = stop.child_token();
+        let sidecar = Sidecar {
+            outbound: outbound_l.local_addr()?,
+            inbound: inbound_l.local_addr()?,
+            admin: admin_l.local_addr()?,
+            shared: shared.clone(),
+            stop_inbound: stop_inbound.clone(),
+            stop: stop.clone(),
+        };
+        let s = shared.clone();
+        let tcp = Some(shared.metrics.tcp_outbound.clone());
+        server::spawn(outbound_l, stop.clone(), tcp, move |req| {
+            outbound::handle(s.clone(), req)
+        });
+        let s = shared.clone();
+        let tcp = Some(shared.metrics.tcp_inbound.clone());
+        server::spawn(inbound_l, stop_inbound, tcp, move |req| {
+            inbound::handle(s.clone(), req)
+        });
+        let s = shared.clone();
+        server::spawn(admin_l, stop.clone(), None, move |req| {
+            admin::handle(s.clone(), req)
+        });
+        tokio::spawn(follow(shared, stop));
+        tracing::info!(?sidecar, "sidecar listening");
+        Ok(sidecar)
+    }
+
+    /// The outbound listener's address (what the app's `HTTP_PROXY` points at).
+    pub fn outbound_addr(&self) -> SocketAddr {
+        self.outbound
+    }
+
+    /// The inbound listener's address (what the instance is registered with).
+    pub fn inbound_addr(&self) -> SocketAddr {
+        self.inbound
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// Reports the app's health, as the lifecycle's local check sees it; `/ready` follows.
+    pub fn set_app_healthy(&self, healthy: bool) {
+        self.shared.app_healthy.store(healthy, Ordering::Release);
+    }
+
+    /// Stops accepting inbound connections (open ones close after their current
+    /// request) and answers `/ready` with 503 `draining`, then waits until no request is in flight in either direction, for at
+    /// most `grace`. The outbound listener stays open: the app may still need to call
+    /// others to finish its work.
+    pub async fn drain(&self, grace: Duration) {
+        self.shared.draining.store(true, Ordering::Release);
+        self.stop_inbound.cancel();
+        let idle = self.shared.in_flight.idle();
+        if tokio::time::timeout(grace, idle).await.is_err() {
+            tracing::warn!(
+                in_flight = self.in_flight(),
+                ?grace,
+                "drain grace period over with requests still in flight"
+            );
+        }
+    }
+
+    /// Requests in flight, inbound and outbound (response bodies included).
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.get()
+    }
+
+    /// Turns the JSON access log on: every request's line (Envoy's and Istio's field
+    /// names) goes to `sink`, e.g. a writer to stderr. Once on, it stays on; `false` when
+    /// it was already on.
+    pub fn enable_access_log(&self, sink: impl Fn(String) + Send + Sync + 'static) -> bool {
+        self.shared.access_log.set(Box::new(sink)).is_ok()
+    }
+
+    /// A sample of the traffic counters of every direction, destination and route; the
+    /// difference of two samples gives the golden signals ([`Traffic::since`]).
+    pub fn traffic(&self) -> Vec<Traffic> {
+        self.shared.metrics.traffic()
+    }
+
+    /// Circuit-breaker transitions, coalesced per destination (the first at once, then at
+    /// most one summary per 10 s), for recording as events on the service's timeline.
+    pub fn breaker_reports(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<ieum_resilience::breaker::reporter::Report> {
+        self.shared.breakers.subscribe()
+    }
+
+    /// Stops every listener and background task.
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Follows snapshots and samples the connection to the control plane.
+async fn follow(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut changes = shared.client.changes();
+    let mut tick = tokio::time::interval(CONNECTED_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    shared.on_snapshot(&changes.borrow_and_update().clone());
+    loop {
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let snapshot = changes.borrow_and_update().clone();
+                shared.on_snapshot(&snapshot);
+            }
+            _ = tick.tick() => shared.sample_connected(),
+            () = stop.cancelled() => break,
+        }
+    }
+}

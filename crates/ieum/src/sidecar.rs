@@ -1,0 +1,520 @@
+//! `ieum run` and `ieum sidecar`: the sidecar's lifecycle around the data plane
+//! (`ieum-proxy`): first snapshot, the app's environment, local health, registration,
+//! heartbeats, drain and exit codes.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration as StdDuration;
+
+use anyhow::Context as _;
+use ieum_model::{Duration, InstanceRegistration, Name};
+use ieum_proxy::{Sidecar, SidecarConfig};
+use reqwest::Method;
+
+use crate::cli::Context;
+use crate::client::{Client, Failure};
+
+/// Flags shared by `ieum run` and `ieum sidecar`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SidecarArgs {
+    /// The service this instance belongs to.
+    #[arg(long)]
+    service: String,
+    /// The port the app listens on (on 127.0.0.1).
+    #[arg(long)]
+    app_port: u16,
+    /// Availability zone of this instance.
+    #[arg(long)]
+    zone: Option<String>,
+    /// Region of this instance.
+    #[arg(long)]
+    region: Option<String>,
+    /// Version of the app's code (canary routes select on it).
+    #[arg(long)]
+    version: Option<String>,
+    /// Check the app with `GET PATH` (2xx is healthy) instead of a TCP connect.
+    #[arg(long)]
+    app_health_path: Option<String>,
+    /// Address other sidecars use to reach this one (default: the inbound listener's).
+    #[arg(long)]
+    advertise_address: Option<IpAddr>,
+    /// Outbound listener: the app's HTTP proxy and the sidecar's own API.
+    #[arg(long, default_value = "127.0.0.1:7710")]
+    outbound: SocketAddr,
+    /// Inbound listener: other sidecars call this one here.
+    #[arg(long, default_value = "127.0.0.1:7711")]
+    inbound: SocketAddr,
+    /// Admin listener: /ready, /metrics, /config, /endpoints.
+    #[arg(long, default_value = "127.0.0.1:7719")]
+    admin: SocketAddr,
+    /// Longest wait for the first configuration snapshot (a saved one counts).
+    #[arg(long, default_value = "30s")]
+    snapshot_wait: Duration,
+    /// Where the last snapshot is kept, so a restart works with the server down.
+    #[arg(long, default_value = "./ieum-data")]
+    data_dir: PathBuf,
+    /// Lease of the registration; heartbeats go three times per lease.
+    #[arg(long, default_value = "15s")]
+    ttl: Duration,
+    /// Longest wait for in-flight requests when stopping.
+    #[arg(long, default_value = "10s")]
+    drain_grace: Duration,
+}
+
+/// `ieum run … -- CMD…`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    sidecar: SidecarArgs,
+    /// Do not set HTTP_PROXY and friends for the app (IEUM_OUTBOUND is still set).
+    #[arg(long)]
+    no_http_proxy: bool,
+    /// The app's command line.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+/// Binds `addr` if free, else the same IP with a free port (ports from the design are
+/// preferences: a second sidecar on one host must still start).
+fn free_or_any(addr: SocketAddr) -> SocketAddr {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => addr,
+        Err(_) => SocketAddr::new(addr.ip(), 0),
+    }
+}
+
+/// The environment that makes the app's HTTP clients use the sidecar (DESIGN: "How an app
+/// reaches its sidecar").
+pub(crate) fn app_env(
+    service: &str,
+    outbound: SocketAddr,
+    http_proxy: bool,
+) -> Vec<(String, String)> {
+    let url = format!("http://{outbound}");
+    let mut env = vec![
+        ("IEUM_OUTBOUND".to_owned(), url.clone()),
+        ("IEUM_SERVICE".to_owned(), service.to_owned()),
+    ];
+    if http_proxy {
+        let no_proxy = "localhost,127.0.0.1,::1".to_owned();
+        env.extend([
+            ("HTTP_PROXY".to_owned(), url.clone()),
+            ("http_proxy".to_owned(), url),
+            ("NO_PROXY".to_owned(), no_proxy.clone()),
+            ("no_proxy".to_owned(), no_proxy),
+            ("NODE_USE_ENV_PROXY".to_owned(), "1".to_owned()),
+        ]);
+        let java = format!(
+            "-Dhttp.proxyHost={} -Dhttp.proxyPort={} -Dhttp.nonProxyHosts=localhost|127.0.0.1",
+            outbound.ip(),
+            outbound.port()
+        );
+        let java = match std::env::var("JAVA_TOOL_OPTIONS") {
+            Ok(existing) if !existing.trim().is_empty() => format!("{existing} {java}"),
+            _ => java,
+        };
+        env.push(("JAVA_TOOL_OPTIONS".to_owned(), java));
+    }
+    env
+}
+
+/// A stable id for this instance: service, host and inbound port.
+fn instance_id(service: &str, inbound: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "local".into());
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{service}-{host}-{}", inbound.port())
+}
+
+/// Is the app healthy: its port accepts connections, or its health path answers 2xx.
+async fn app_healthy(http: &reqwest::Client, port: u16, path: Option<&str>) -> Result<(), String> {
+    let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
+    match path {
+        None => tokio::time::timeout(
+            StdDuration::from_secs(2),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        .map_err(|_| format!("connecting to {addr} timed out"))?
+        .map(|_| ())
+        .map_err(|e| format!("connect to {addr}: {e}")),
+        Some(path) => {
+            let resp = http
+                .get(format!("http://{addr}{path}"))
+                .timeout(StdDuration::from_secs(2))
+                .send()
+                .await
+                .map_err(|e| format!("GET {path}: {e}"))?;
+            if resp.status().is_success() {
+                Ok(())
+            } else {
+                Err(format!("GET {path} answered {}", resp.status()))
+            }
+        }
+    }
+}
+
+/// What ended the sidecar's life.
+enum End {
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// The app exited with this code.
+    AppExited(i32),
+}
+
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    #[cfg(unix)]
+    if let Some(sig) = std::os::unix::process::ExitStatusExt::signal(&status) {
+        return 128 + sig;
+    }
+    status.code().unwrap_or(1)
+}
+
+/// `ieum sidecar`: the sidecar alone; exits 0 after a clean stop.
+pub(crate) async fn sidecar(ctx: &Context, args: SidecarArgs) -> anyhow::Result<u8> {
+    lifecycle(ctx, args, None).await
+}
+
+/// `ieum run`: the sidecar and the app; exits with the app's code.
+pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<u8> {
+    let app = (args.command, !args.no_http_proxy);
+    lifecycle(ctx, args.sidecar, Some(app)).await
+}
+
+async fn lifecycle(
+    ctx: &Context,
+    args: SidecarArgs,
+    app: Option<(Vec<String>, bool)>,
+) -> anyhow::Result<u8> {
+    let service = Name::parse(&args.service)
+        .map_err(|m| Failure::Usage(format!("--service: service name {m}")))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create the data dir {}", args.data_dir.display()))?;
+
+    // 1. The push stream and the first snapshot, so the app's first call already works.
+    let push = ieum_client::Client::start(ieum_client::Options {
+        server: ctx.server.clone(),
+        client: format!("sidecar {service}"),
+        service: Some(service.to_string()),
+        calls: Vec::new(),
+        snapshot_file: Some(
+            args.data_dir
+                .join(format!("sidecar-{service}.snapshot.json")),
+        ),
+        token: ctx.token.clone(),
+    });
+    let restored = push.snapshot().version > 0;
+    if !restored && !push.wait_connected(args.snapshot_wait.get()).await {
+        push.shutdown().await;
+        let why = push.last_error().unwrap_or_else(|| "no answer".into());
+        return Err(Failure::Unreachable(format!(
+            "no configuration snapshot from {} within {} and none saved in {} ({why}): start the server, or point --server / IEUM_SERVER at it",
+            ctx.server,
+            args.snapshot_wait,
+            args.data_dir.display()
+        ))
+        .into());
+    }
+    if restored && !push.connected() {
+        eprintln!(
+            "the control plane is unreachable; serving from the snapshot saved in {}",
+            args.data_dir.display()
+        );
+    }
+
+    // 2. The data plane.
+    let app_addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.app_port);
+    let proxy = Sidecar::start(SidecarConfig {
+        service: service.to_string(),
+        zone: args.zone.clone(),
+        app_addr,
+        outbound_listen: free_or_any(args.outbound),
+        inbound_listen: free_or_any(args.inbound),
+        admin_listen: free_or_any(args.admin),
+        client: push.clone(),
+    })
+    .await
+    .context("cannot start the sidecar's listeners")?;
+    let (outbound, inbound, admin) = (
+        proxy.outbound_addr(),
+        proxy.inbound_addr(),
+        proxy.admin_addr(),
+    );
+    eprintln!("ieum sidecar for {service}");
+    eprintln!("  outbound  http://{outbound}  (the app's HTTP proxy; IEUM_OUTBOUND)");
+    eprintln!("  inbound   {inbound}  -> app 127.0.0.1:{}", args.app_port);
+    eprintln!("  admin     http://{admin}/ready  /metrics  /config  /endpoints");
+
+    // 3. The app, in its own process group so a terminal's Ctrl-C reaches the sidecar
+    //    first and the app is stopped only after the drain.
+    let mut child = match &app {
+        Some((command, http_proxy)) => {
+            let mut cmd = tokio::process::Command::new(&command[0]);
+            cmd.args(&command[1..])
+                .envs(app_env(service.as_str(), outbound, *http_proxy))
+                .stdin(Stdio::null());
+            #[cfg(unix)]
+            cmd.process_group(0);
+            Some(
+                cmd.spawn()
+                    .with_context(|| format!("cannot start `{}`", command.join(" ")))?,
+            )
+        }
+        None => None,
+    };
+
+    let api = Client::new(&ctx.server, ctx.token.clone())?;
+    let local = reqwest::Client::builder().no_proxy().build()?;
+    let health_path = args.app_health_path.as_deref();
+    let address = args
+        .advertise_address
+        .unwrap_or_else(|| match inbound.ip() {
+            ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ip => ip,
+        });
+    let id = instance_id(service.as_str(), inbound);
+    let mut reg = InstanceRegistration::new(address.to_string(), inbound.port());
+    reg.id = Some(id.clone());
+    reg.ttl = args.ttl;
+    reg.zone = args.zone.clone();
+    reg.region = args.region.clone();
+    reg.version = args.version.clone();
+    reg.platform = Some("local".into());
+    reg.metadata
+        .insert("appPort".into(), args.app_port.to_string());
+    reg.metadata.insert("sidecar".into(), "ieum".into());
+    let instances = format!("/v1/services/{service}/instances");
+    let me = format!("{instances}/{id}");
+
+    // 4. Wait for the app to be healthy, then register; heartbeat while it stays healthy.
+    let mut registered = false;
+    let mut reported_down = false;
+    let mut waiting_since = tokio::time::Instant::now();
+    let every = (args.ttl.get() / 3).max(StdDuration::from_millis(200));
+    let mut tick = tokio::time::interval(StdDuration::from_millis(200));
+    // Listen for signals once, for the whole life of the sidecar, so none is missed.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        signal().await;
+        on_signal.cancel();
+    });
+    let end = loop {
+        let exited = async {
+            match child.as_mut() {
+                Some(c) => c.wait().await.map(exit_code).unwrap_or(1),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => break End::Signal,
+            code = exited => break End::AppExited(code),
+            _ = tick.tick() => {}
+        }
+        let health = app_healthy(&local, args.app_port, health_path).await;
+        proxy.set_app_healthy(health.is_ok());
+        match (health, registered) {
+            (Ok(()), false) => {
+                match api
+                    .write::<serde_json::Value>(Method::POST, &instances, Some(&reg))
+                    .await
+                {
+                    Ok(_) => {
+                        registered = true;
+                        eprintln!(
+                            "app healthy; registered {service}/{id} at {address}:{}",
+                            inbound.port()
+                        );
+                        tick = tokio::time::interval(every);
+                        tick.tick().await;
+                    }
+                    Err(e) => eprintln!("cannot register yet (will retry): {e}"),
+                }
+            }
+            (Err(why), false) => {
+                if waiting_since.elapsed() > StdDuration::from_secs(5) {
+                    eprintln!("waiting for the app to be healthy: {why}");
+                    waiting_since = tokio::time::Instant::now();
+                }
+            }
+            (Ok(()), true) => {
+                match api
+                    .write::<serde_json::Value>(
+                        Method::PUT,
+                        &format!("{me}/heartbeat"),
+                        None::<&()>,
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        if reported_down {
+                            eprintln!("app healthy again");
+                            reported_down = false;
+                        }
+                    }
+                    Err(e) if e.is_not_found() => {
+                        eprintln!("the server no longer knows {service}/{id}; registering again");
+                        let _ = api
+                            .write::<serde_json::Value>(Method::POST, &instances, Some(&reg))
+                            .await;
+                    }
+                    Err(e) => eprintln!("heartbeat failed (will retry): {e}"),
+                }
+            }
+            (Err(why), true) => {
+                if !reported_down {
+                    eprintln!("app unhealthy: {why}");
+                    let body = serde_json::json!({"state": "down", "reason": format!("local check failed: {why}")});
+                    if api
+                        .write::<serde_json::Value>(
+                            Method::PUT,
+                            &format!("{me}/state"),
+                            Some(&body),
+                        )
+                        .await
+                        .is_ok()
+                    {
+                        reported_down = true;
+                    }
+                }
+            }
+        }
+    };
+
+    // 5. Stop: drain, deregister, stop the app.
+    let code = match end {
+        End::Signal => {
+            eprintln!("stopping: draining, then deregistering {service}/{id}");
+            if registered {
+                let body = serde_json::json!({"state": "draining"});
+                let _ = api
+                    .write::<serde_json::Value>(Method::PUT, &format!("{me}/state"), Some(&body))
+                    .await;
+            }
+            proxy.drain(args.drain_grace.get()).await;
+            if registered {
+                let _ = api
+                    .write::<serde_json::Value>(Method::DELETE, &me, None::<&()>)
+                    .await;
+            }
+            match child.as_mut() {
+                Some(c) => stop_app(c, args.drain_grace.get()).await,
+                None => 0,
+            }
+        }
+        End::AppExited(code) => {
+            eprintln!("the app exited with code {code}");
+            if registered || code != 0 {
+                if !registered {
+                    // Record why on the timeline even if it never became healthy.
+                    let _ = api
+                        .write::<serde_json::Value>(Method::POST, &instances, Some(&reg))
+                        .await;
+                }
+                if code != 0 {
+                    let body = serde_json::json!({"state": "down", "reason": format!("app exited with code {code}")});
+                    let _ = api
+                        .write::<serde_json::Value>(
+                            Method::PUT,
+                            &format!("{me}/state"),
+                            Some(&body),
+                        )
+                        .await;
+                }
+                let _ = api
+                    .write::<serde_json::Value>(Method::DELETE, &me, None::<&()>)
+                    .await;
+            }
+            proxy.drain(StdDuration::ZERO).await;
+            code
+        }
+    };
+    push.shutdown().await;
+    Ok(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+}
+
+/// SIGTERM to the app's process group, then SIGKILL after `grace`.
+async fn stop_app(child: &mut tokio::process::Child, grace: StdDuration) -> i32 {
+    #[cfg(unix)]
+    if let Some(pid) = child.id() {
+        // The `kill` command signals the whole group without unsafe libc calls (unsafe code
+        // is forbidden here).
+        let _ = std::process::Command::new("kill")
+            .args(["-s", "TERM", "--", &format!("-{pid}")])
+            .status();
+    }
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(Ok(status)) => exit_code(status),
+        _ => {
+            let _ = child.kill().await;
+            child.wait().await.map(exit_code).unwrap_or(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_app_environment_points_every_client_stack_at_the_sidecar() {
+        let env: std::collections::BTreeMap<_, _> =
+            app_env("orders", "127.0.0.1:7710".parse().unwrap(), true)
+                .into_iter()
+                .collect();
+        assert_eq!(env["IEUM_OUTBOUND"], "http://127.0.0.1:7710");
+        assert_eq!(env["HTTP_PROXY"], "http://127.0.0.1:7710");
+        assert_eq!(env["http_proxy"], "http://127.0.0.1:7710");
+        assert_eq!(env["NO_PROXY"], "localhost,127.0.0.1,::1");
+        assert_eq!(env["no_proxy"], env["NO_PROXY"]);
+        assert_eq!(env["NODE_USE_ENV_PROXY"], "1");
+        assert!(
+            env["JAVA_TOOL_OPTIONS"].contains("-Dhttp.proxyHost=127.0.0.1 -Dhttp.proxyPort=7710")
+        );
+        let bare: Vec<_> = app_env("orders", "127.0.0.1:7710".parse().unwrap(), false)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(bare, ["IEUM_OUTBOUND", "IEUM_SERVICE"]);
+    }
+
+    #[test]
+    fn instance_ids_are_valid() {
+        let id = instance_id("orders", "127.0.0.1:7711".parse().unwrap());
+        assert!(ieum_model::instance::valid_instance_id(&id), "{id}");
+        assert!(id.starts_with("orders-") && id.ends_with("-7711"));
+    }
+}
