@@ -260,6 +260,40 @@ pub(crate) async fn set_state(
     ))
 }
 
+/// A sidecar's report: golden signals and circuit-breaker transitions.
+#[utoipa::path(post, path = "/v1/services/{name}/instances/{id}/telemetry", tag = "instances",
+    params(("name" = String, Path, description = "Service name"), ("id" = String, Path, description = "Instance id")),
+    request_body = ieum_model::telemetry::TelemetryReport,
+    responses((status = 204, description = "Taken"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn telemetry(
+    State(app): State<AppState>,
+    Extension(author): Extension<Author>,
+    InstancePath(name, id): InstancePath,
+    JsonBody(report): JsonBody<ieum_model::telemetry::TelemetryReport>,
+) -> Result<StatusCode, ApiError> {
+    app.registry
+        .report_telemetry(name.as_str(), &id, report, &author.0)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Golden signals the service's sidecars reported (kept one hour), oldest first.
+#[utoipa::path(get, path = "/v1/services/{name}/signals", tag = "services",
+    params(("name" = String, Path, description = "Service name"),
+        ("since" = Option<String>, Query, description = "RFC 3339 time, or a duration ago such as 10m (default 10m)")),
+    responses((status = 200, body = Vec<ieum_model::telemetry::SignalSample>)))]
+pub(crate) async fn signals(
+    State(app): State<AppState>,
+    ServiceName(name): ServiceName,
+    q: QueryParams,
+) -> Result<Json<Vec<ieum_model::telemetry::SignalSample>>, ApiError> {
+    q.only(&["since"])?;
+    let since = q
+        .parse("since", parse_since)?
+        .unwrap_or_else(|| app.registry.now().minus(Duration::from_secs(600)));
+    Ok(Json(app.registry.signals(name.as_str(), since)))
+}
+
 /// Deregisters an instance.
 #[utoipa::path(delete, path = "/v1/services/{name}/instances/{id}", tag = "instances",
     params(("name" = String, Path, description = "Service name"), ("id" = String, Path, description = "Instance id")),

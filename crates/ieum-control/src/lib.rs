@@ -88,6 +88,11 @@ pub fn router(state: AppState) -> Router {
             put(api::set_state),
         )
         .route("/v1/services/{name}/events", get(api::service_events))
+        .route("/v1/services/{name}/signals", get(api::signals))
+        .route(
+            "/v1/services/{name}/instances/{id}/telemetry",
+            post(api::telemetry),
+        )
         .route("/v1/events", get(api::list_events))
         .route("/v1/events/stream", get(api::stream_events))
         .route("/v1/apply", post(config::apply))

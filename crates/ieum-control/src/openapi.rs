@@ -24,6 +24,8 @@ use crate::{api, config};
         api::heartbeat,
         api::set_state,
         api::deregister,
+        api::telemetry,
+        api::signals,
         api::list_events,
         api::service_events,
         api::stream_events,

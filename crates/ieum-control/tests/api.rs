@@ -699,3 +699,59 @@ async fn event_stream_replays_after_an_id_then_follows_live() {
     assert!(live.contains("event: instance.deregistered"), "{live}");
     assert!(live.contains("\"author\":\"local\""), "{live}");
 }
+
+#[tokio::test]
+async fn sidecar_reports_keep_signals_and_record_breaker_changes() {
+    let app = app().await;
+    call(
+        &app,
+        "POST",
+        "/v1/services/orders/instances",
+        Some(INSTANCE),
+    )
+    .await;
+    let report = r#"{"window": "10s",
+        "signals": [{"direction": "outbound", "destination": "stock", "requests": 50, "requestsPerSecond": 5.0,
+                     "successRate": 0.9, "p50Ms": 3.0, "p99Ms": 40.0}],
+        "breakers": [{"destination": "stock", "endpoint": "s1", "from": "allowed", "to": "blocked",
+                      "reason": "5 consecutive failures", "coalesced": 3}]}"#;
+    let r = call(
+        &app,
+        "POST",
+        "/v1/services/orders/instances/a1/telemetry",
+        Some(report),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let signals = call(&app, "GET", "/v1/services/orders/signals?since=1m", None).await;
+    assert_eq!(signals.body[0]["destination"], "stock");
+    assert_eq!(signals.body[0]["p99Ms"], 40.0);
+    assert_eq!(signals.body[0]["instance"], "a1");
+    let events = call(
+        &app,
+        "GET",
+        "/v1/services/orders/events?kind=breaker.changed",
+        None,
+    )
+    .await;
+    assert_eq!(
+        events.body[0]["message"],
+        "circuit to stock (endpoint s1) blocked: 5 consecutive failures (3 more transitions folded in)"
+    );
+    let bad = call(
+        &app,
+        "POST",
+        "/v1/services/orders/instances/a1/telemetry",
+        Some(r#"{"window": "0s"}"#),
+    )
+    .await;
+    assert_error(&bad, StatusCode::BAD_REQUEST, "E1301", "window");
+    let unknown = call(
+        &app,
+        "POST",
+        "/v1/services/orders/instances/zz/telemetry",
+        Some(r#"{"window": "10s"}"#),
+    )
+    .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+}

@@ -50,11 +50,15 @@ pub enum EventKind {
     /// (the diff and the author are in the event).
     #[serde(rename = "config.changed")]
     ConfigChanged,
+    /// A caller's circuit breaker towards another service changed state (reported by its
+    /// sidecar, coalesced so an outage is a few events).
+    #[serde(rename = "breaker.changed")]
+    BreakerChanged,
 }
 
 impl EventKind {
     /// Every kind, for documentation and filters.
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::ServiceCreated,
         EventKind::ServiceUpdated,
         EventKind::InstanceRegistered,
@@ -68,6 +72,7 @@ impl EventKind {
         EventKind::ProtectionLeft,
         EventKind::RegistryStarted,
         EventKind::ConfigChanged,
+        EventKind::BreakerChanged,
     ];
 
     /// The dotted name, e.g. `instance.down`.
@@ -86,6 +91,7 @@ impl EventKind {
             EventKind::ProtectionLeft => "registry.protection.left",
             EventKind::RegistryStarted => "registry.started",
             EventKind::ConfigChanged => "config.changed",
+            EventKind::BreakerChanged => "breaker.changed",
         }
     }
 

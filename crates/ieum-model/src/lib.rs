@@ -14,6 +14,7 @@
 //! - [`event`]: the durable event every state change produces.
 //! - [`policy`]: resilience policy types (timeouts, retries, breakers, …).
 //! - [`route`]: the `Route` resource (matches, weighted backends, filters).
+//! - [`telemetry`]: golden signals and breaker transitions that sidecars report.
 //! - [`resource`]: the `apiVersion / kind / metadata / spec` envelope, the kinds, YAML
 //!   documents, whole-resource validation, JSON Schemas and diffs.
 //!
@@ -30,6 +31,7 @@ pub mod policy;
 pub mod resource;
 pub mod route;
 pub mod service;
+pub mod telemetry;
 pub mod time;
 
 pub use duration::Duration;

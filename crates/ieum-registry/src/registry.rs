@@ -138,7 +138,16 @@ pub(crate) struct Core {
     /// Serializes configuration applies and deletes: each reads the current revision
     /// before it writes, so two at once could report wrong diffs or lose an update.
     config_lock: tokio::sync::Mutex<()>,
+    /// Golden signals reported by sidecars, per reporting service, newest last; bounded by
+    /// [`SIGNAL_RETENTION`] and [`MAX_SIGNAL_SAMPLES`] (kept in memory: they are measurements,
+    /// not changes of state).
+    signals: Mutex<BTreeMap<String, VecDeque<ieum_model::telemetry::SignalSample>>>,
 }
+
+/// How long reported signals are kept.
+pub const SIGNAL_RETENTION: Duration = Duration::from_secs(3600);
+/// Most signal samples kept per service.
+pub const MAX_SIGNAL_SAMPLES: usize = 20_000;
 
 /// Changes to store in order, and who waits for them.
 struct Write {
@@ -500,6 +509,7 @@ impl Registry {
             started_at: now,
             tasks: Mutex::new(Vec::new()),
             config_lock: tokio::sync::Mutex::new(()),
+            signals: Mutex::new(BTreeMap::new()),
         });
         let registry = Registry { core };
 
@@ -1037,6 +1047,83 @@ impl Registry {
         };
         core.wait(rx).await?;
         Ok(result)
+    }
+
+    /// Takes a sidecar's report: keeps its signals for a while, and records its breaker
+    /// transitions as `breaker.changed` events on the service's timeline.
+    pub async fn report_telemetry(
+        &self,
+        service: &str,
+        id: &str,
+        report: ieum_model::telemetry::TelemetryReport,
+        author: &str,
+    ) -> Result<(), RegistryError> {
+        let mut v = Validator::new("");
+        report.validate(&mut v);
+        v.finish().map_err(RegistryError::Invalid)?;
+        let core = &self.core;
+        let now = core.clock.now();
+        if self.instance(service, id).is_none() {
+            return Err(not_found(service, id));
+        }
+        {
+            let mut signals = core.signals.lock().unwrap_or_else(|p| p.into_inner());
+            let list = signals.entry(service.to_owned()).or_default();
+            for s in report.signals {
+                list.push_back(ieum_model::telemetry::SignalSample {
+                    at: now,
+                    instance: id.to_owned(),
+                    window: report.window,
+                    signals: s,
+                });
+            }
+            let oldest = now.minus(SIGNAL_RETENTION);
+            while list.front().is_some_and(|s| s.at < oldest) || list.len() > MAX_SIGNAL_SAMPLES {
+                list.pop_front();
+            }
+        }
+        if report.breakers.is_empty() {
+            return Ok(());
+        }
+        let changes: Vec<Change> = report
+            .breakers
+            .iter()
+            .map(|b| {
+                let target = match &b.endpoint {
+                    Some(e) => format!("{} (endpoint {e})", b.destination),
+                    None => b.destination.clone(),
+                };
+                let mut message = format!("circuit to {target} {}: {}", b.to, b.reason);
+                if b.coalesced > 0 {
+                    message += &format!(" ({} more transitions folded in)", b.coalesced);
+                }
+                event(
+                    now,
+                    EventKind::BreakerChanged,
+                    service,
+                    Some(id),
+                    message,
+                    author,
+                    serde_json::to_value(b).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let rx = core.send_acked(changes);
+        core.wait(rx).await?;
+        Ok(())
+    }
+
+    /// Signals reported by `service`'s sidecars since `since`, oldest first.
+    pub fn signals(
+        &self,
+        service: &str,
+        since: Timestamp,
+    ) -> Vec<ieum_model::telemetry::SignalSample> {
+        let signals = self.core.signals.lock().unwrap_or_else(|p| p.into_inner());
+        signals
+            .get(service)
+            .map(|l| l.iter().filter(|s| s.at >= since).cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Removes an instance at its own (or an operator's) request.

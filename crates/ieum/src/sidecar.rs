@@ -57,6 +57,9 @@ pub(crate) struct SidecarArgs {
     /// Lease of the registration; heartbeats go three times per lease.
     #[arg(long, default_value = "15s")]
     ttl: Duration,
+    /// How often golden signals and breaker transitions are reported to the server.
+    #[arg(long, default_value = "10s")]
+    report_every: Duration,
     /// Longest wait for in-flight requests when stopping.
     #[arg(long, default_value = "10s")]
     drain_grace: Duration,
@@ -332,6 +335,9 @@ async fn lifecycle(
         signal().await;
         on_signal.cancel();
     });
+    let mut report_tick = tokio::time::interval(args.report_every.get());
+    report_tick.tick().await;
+    let mut reporter = Reporter::new(&proxy);
     let end = loop {
         let exited = async {
             match child.as_mut() {
@@ -343,6 +349,12 @@ async fn lifecycle(
             () = stop.cancelled() => break End::Signal,
             code = exited => break End::AppExited(code),
             _ = tick.tick() => {}
+            _ = report_tick.tick() => {
+                if registered {
+                    reporter.send(&proxy, &api, &format!("{me}/telemetry"), args.report_every).await;
+                }
+                continue;
+            }
         }
         let health = app_healthy(&local, args.app_port, health_path).await;
         proxy.set_app_healthy(health.is_ok());
@@ -464,6 +476,72 @@ async fn lifecycle(
     };
     push.shutdown().await;
     Ok(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+}
+
+/// Turns the data plane's counters and breaker transitions into telemetry reports.
+struct Reporter {
+    previous: std::collections::HashMap<(&'static str, String, String), ieum_proxy::Traffic>,
+    breakers: tokio::sync::broadcast::Receiver<ieum_resilience::breaker::reporter::Report>,
+}
+
+impl Reporter {
+    fn new(proxy: &Sidecar) -> Self {
+        Reporter {
+            previous: Default::default(),
+            breakers: proxy.breaker_reports(),
+        }
+    }
+
+    async fn send(&mut self, proxy: &Sidecar, api: &Client, path: &str, window: Duration) {
+        let mut signals = Vec::new();
+        for t in proxy.traffic() {
+            let key = (t.direction, t.dst_service.clone(), t.route.clone());
+            let before = self.previous.get(&key);
+            let requests = t.requests.saturating_sub(before.map_or(0, |b| b.requests));
+            if requests > 0 {
+                let g = t.since(before, window.get());
+                signals.push(ieum_model::telemetry::Signals {
+                    direction: t.direction.to_owned(),
+                    destination: t.dst_service.clone(),
+                    route: t.route.clone(),
+                    requests,
+                    requests_per_second: g.requests_per_second,
+                    success_rate: g.success_rate,
+                    p50_ms: g.p50_ms,
+                    p99_ms: g.p99_ms,
+                });
+            }
+            self.previous.insert(key, t);
+        }
+        let mut breakers = Vec::new();
+        while let Ok(r) = self.breakers.try_recv() {
+            let t = r.transition;
+            breakers.push(ieum_model::telemetry::BreakerChange {
+                destination: t.id.destination.to_string(),
+                endpoint: t.id.endpoint.as_ref().map(|e| e.to_string()),
+                from: t.from.as_str().to_owned(),
+                to: t.to.as_str().to_owned(),
+                reason: t.reason,
+                coalesced: r.coalesced,
+            });
+        }
+        signals.truncate(ieum_model::telemetry::MAX_SIGNALS);
+        breakers.truncate(ieum_model::telemetry::MAX_BREAKER_CHANGES);
+        if signals.is_empty() && breakers.is_empty() {
+            return;
+        }
+        let report = ieum_model::telemetry::TelemetryReport {
+            window,
+            signals,
+            breakers,
+        };
+        if let Err(e) = api
+            .write::<serde_json::Value>(Method::POST, path, Some(&report))
+            .await
+        {
+            tracing::debug!(error = %e, "could not report telemetry");
+        }
+    }
 }
 
 /// SIGTERM to the app's process group, then SIGKILL after `grace`.

@@ -267,6 +267,16 @@ async fn an_app_that_crashes_leaves_a_down_event_with_its_exit_code() {
 /// Starts `echo` (Python's http.server) under `ieum run`, and a caller app whose client code
 /// knows nothing of the mesh; returns what the caller wrote to `out`.
 async fn call_through_the_mesh(caller: &[&str], out: &std::path::Path) -> String {
+    call_and_check(caller, out, async |_| {}).await
+}
+
+/// As `call_through_the_mesh`, then runs `then` with the server's base URL while both
+/// sidecars still run.
+async fn call_and_check(
+    caller: &[&str],
+    out: &std::path::Path,
+    then: impl AsyncFnOnce(&str),
+) -> String {
     let db = TestDb::sqlite();
     let data = db.dir().unwrap().display().to_string();
     let (_server, base) = server(&data);
@@ -299,6 +309,7 @@ async fn call_through_the_mesh(caller: &[&str], out: &std::path::Path) -> String
         out.exists() && !std::fs::read_to_string(out).unwrap().is_empty()
     })
     .await;
+    then(&base).await;
     std::fs::read_to_string(out).unwrap()
 }
 
@@ -318,7 +329,20 @@ for _ in range(100):
         time.sleep(0.2)
 http.server.HTTPServer(('127.0.0.1', @PORT@), http.server.BaseHTTPRequestHandler).serve_forever()
 "#;
-    let got = call_through_the_mesh(&["python3", "-c", script], &out).await;
+    let got = call_and_check(&["python3", "-c", script], &out, async |base| {
+        // The caller's sidecar reports what it saw: the server keeps the signals.
+        let url = format!("{base}/v1/services/caller/signals?since=5m");
+        wait_for("the caller's signals", async || {
+            get(&url)
+                .await
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["direction"] == "outbound" && s["destination"] == "echo")
+        })
+        .await;
+    })
+    .await;
     assert_eq!(got, "200");
 }
 

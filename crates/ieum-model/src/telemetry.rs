@@ -1,0 +1,230 @@
+//! What sidecars report every few seconds: golden signals per destination and route, and
+//! circuit-breaker transitions (which become events on the caller's timeline).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Duration, Name, Timestamp, Validator};
+
+/// Most signal lines in one report.
+pub const MAX_SIGNALS: usize = 1000;
+/// Most breaker transitions in one report.
+pub const MAX_BREAKER_CHANGES: usize = 100;
+
+/// Body of `POST /v1/services/{name}/instances/{id}/telemetry`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TelemetryReport {
+    /// The span of time the signals cover (the reporting interval).
+    pub window: Duration,
+    /// Golden signals, one line per direction, destination and route.
+    #[serde(default)]
+    pub signals: Vec<Signals>,
+    /// Circuit-breaker transitions since the last report.
+    #[serde(default)]
+    pub breakers: Vec<BreakerChange>,
+}
+
+/// Golden signals of one direction, destination and route over a window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Signals {
+    /// `inbound` (calls to this service) or `outbound` (its calls to `destination`).
+    pub direction: String,
+    /// The service called.
+    pub destination: String,
+    /// The route resource, or `default`.
+    #[serde(default = "default_route")]
+    pub route: String,
+    /// Requests in the window.
+    pub requests: u64,
+    /// Requests per second.
+    pub requests_per_second: f64,
+    /// Share of successful responses (0–1), when there were responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate: Option<f64>,
+    /// Median latency, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    /// 99th percentile latency, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+}
+
+fn default_route() -> String {
+    "default".into()
+}
+
+/// One circuit-breaker transition (or a summary of several folded together).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BreakerChange {
+    /// The service called.
+    pub destination: String,
+    /// The endpoint, for per-endpoint breakers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// `allowed`, `blocked` or `probing`.
+    pub from: String,
+    /// `allowed`, `blocked` or `probing`.
+    pub to: String,
+    /// Why.
+    pub reason: String,
+    /// Further transitions folded into this one.
+    #[serde(default)]
+    pub coalesced: u32,
+}
+
+/// A stored sample of signals, as `GET /v1/services/{name}/signals` returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignalSample {
+    /// When the server received it.
+    pub at: Timestamp,
+    /// The reporting instance.
+    pub instance: String,
+    /// The window it covers.
+    pub window: Duration,
+    /// The signals.
+    #[serde(flatten)]
+    pub signals: Signals,
+}
+
+const STATES: [&str; 3] = ["allowed", "blocked", "probing"];
+
+fn plain(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && !s.chars().any(char::is_control)
+}
+
+impl TelemetryReport {
+    /// Checks sizes, names and ranges.
+    pub fn validate(&self, v: &mut Validator) {
+        v.check(
+            !self.window.is_zero() && self.window <= Duration::from_secs(3600),
+            "E1301",
+            "window",
+            || format!("must be above 0s and at most 1h (is {})", self.window),
+        );
+        v.check(
+            self.signals.len() <= MAX_SIGNALS,
+            "E1302",
+            "signals",
+            || format!("at most {MAX_SIGNALS} lines (has {})", self.signals.len()),
+        );
+        v.check(
+            self.breakers.len() <= MAX_BREAKER_CHANGES,
+            "E1303",
+            "breakers",
+            || {
+                format!(
+                    "at most {MAX_BREAKER_CHANGES} transitions (has {})",
+                    self.breakers.len()
+                )
+            },
+        );
+        for (i, s) in self.signals.iter().enumerate() {
+            let f = format!("signals[{i}]");
+            v.check(
+                s.direction == "inbound" || s.direction == "outbound",
+                "E1302",
+                &format!("{f}.direction"),
+                || format!("`{}`: use inbound or outbound", s.direction),
+            );
+            v.check(
+                Name::parse(&s.destination).is_ok(),
+                "E1302",
+                &format!("{f}.destination"),
+                || format!("`{}` is not a service name", s.destination),
+            );
+            v.check(plain(&s.route, 63), "E1302", &format!("{f}.route"), || {
+                "1 to 63 characters".into()
+            });
+            let rates_ok = s.requests_per_second.is_finite()
+                && s.requests_per_second >= 0.0
+                && s.success_rate.is_none_or(|r| (0.0..=1.0).contains(&r))
+                && [s.p50_ms, s.p99_ms]
+                    .iter()
+                    .flatten()
+                    .all(|l| l.is_finite() && *l >= 0.0);
+            v.check(rates_ok, "E1302", &f, || {
+                "rates and latencies must be finite and not negative; successRate within 0–1".into()
+            });
+        }
+        for (i, b) in self.breakers.iter().enumerate() {
+            let f = format!("breakers[{i}]");
+            v.check(
+                Name::parse(&b.destination).is_ok(),
+                "E1303",
+                &format!("{f}.destination"),
+                || format!("`{}` is not a service name", b.destination),
+            );
+            v.check(
+                STATES.contains(&b.from.as_str()) && STATES.contains(&b.to.as_str()),
+                "E1303",
+                &f,
+                || "states are allowed, blocked or probing".into(),
+            );
+            v.check(
+                plain(&b.reason, 512),
+                "E1303",
+                &format!("{f}.reason"),
+                || "1 to 512 characters without control characters".into(),
+            );
+            if let Some(e) = &b.endpoint {
+                v.check(plain(e, 128), "E1303", &format!("{f}.endpoint"), || {
+                    "1 to 128 characters".into()
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_parse_and_validate() {
+        let r: TelemetryReport = serde_json::from_value(serde_json::json!({
+            "window": "10s",
+            "signals": [{"direction": "outbound", "destination": "stock", "requests": 50,
+                         "requestsPerSecond": 5.0, "successRate": 0.98, "p50Ms": 3.0, "p99Ms": 40.0}],
+            "breakers": [{"destination": "stock", "endpoint": "s1", "from": "allowed", "to": "blocked",
+                          "reason": "5 consecutive failures"}]
+        }))
+        .unwrap();
+        let mut v = Validator::new("");
+        r.validate(&mut v);
+        assert!(v.finish().is_ok());
+        assert_eq!(r.signals[0].route, "default");
+
+        let bad = TelemetryReport {
+            window: Duration::ZERO,
+            signals: vec![Signals {
+                direction: "sideways".into(),
+                success_rate: Some(2.0),
+                ..r.signals[0].clone()
+            }],
+            breakers: vec![BreakerChange {
+                to: "open".into(),
+                ..r.breakers[0].clone()
+            }],
+        };
+        let mut v = Validator::new("");
+        bad.validate(&mut v);
+        let fields: Vec<String> = v
+            .finish()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "window",
+                "signals[0].direction",
+                "signals[0]",
+                "breakers[0]"
+            ]
+        );
+    }
+}
