@@ -361,3 +361,36 @@ http.createServer((q, s) => s.end('ok')).listen(@PORT@, '127.0.0.1');";
     let got = call_through_the_mesh(&["node", "-e", script], &out).await;
     assert_eq!(got, "200");
 }
+
+#[tokio::test]
+async fn a_java_app_goes_through_the_sidecar_by_jvm_proxy_properties() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("java.out");
+    let source = dir.path().join("Caller.java");
+    // Plain HttpURLConnection: it follows -Dhttp.proxyHost/-Dhttp.proxyPort, which `ieum run`
+    // puts in JAVA_TOOL_OPTIONS.
+    std::fs::write(
+        &source,
+        r#"
+import java.net.*; import java.nio.file.*; import com.sun.net.httpserver.HttpServer;
+public class Caller {
+  public static void main(String[] a) throws Exception {
+    for (int i = 0; i < 100; i++) {
+      try {
+        HttpURLConnection c = (HttpURLConnection) new URL("http://echo/").openConnection();
+        int code = c.getResponseCode();
+        Files.writeString(Path.of(a[0]), String.valueOf(code));
+        break;
+      } catch (Exception e) { Thread.sleep(200); }
+    }
+    HttpServer s = HttpServer.create(new InetSocketAddress("127.0.0.1", Integer.parseInt(a[1])), 0);
+    s.start();
+  }
+}
+"#,
+    )
+    .unwrap();
+    let got =
+        call_through_the_mesh(&["java", source.to_str().unwrap(), "@OUT@", "@PORT@"], &out).await;
+    assert_eq!(got, "200");
+}
