@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Proxy benchmark (figures in docs/benchmarks.md): one upstream (nginx answering "ok"), then
 # the same wrk load direct, through one HAProxy hop, through one ieum sidecar hop (outbound
-# only, upstream registered directly) and through an ieum sidecar pair (outbound -> inbound).
+# only, upstream registered directly) and through an ieum sidecar pair (outbound -> inbound);
+# then the same four at a fixed rate (RATE, default 1,000 req/s): latency and CPU per 100k.
 # Pinning: the proxy under test on core 1; wrk and the upstream on core 0.
 # Needs: apt-get install -y haproxy nginx wrk   (Debian packages)
 set -euo pipefail
@@ -12,8 +13,9 @@ done
 DURATION="${DURATION:-10s}"
 CONNS="${CONNS:-32}"
 echo "building release binaries..." >&2
-cargo build --release -q -p ieum
+cargo build --release -q -p ieum -p ieum-bench
 IEUM="${CARGO_TARGET_DIR:-target}/release/ieum"
+GEN="${CARGO_TARGET_DIR:-target}/release/ieum-bench"
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -42,6 +44,7 @@ backend b
   server s1 127.0.0.1:9101
 CONF
 taskset -c 1 haproxy -f "$work/haproxy.cfg" & pids+=($!)
+haproxy_pid=$!
 
 "$IEUM" server --listen 127.0.0.1:9100 --data-dir "$work/server" 2>"$work/server.log" & pids+=($!)
 sleep 1
@@ -77,3 +80,16 @@ bench "one ieum hop (outbound)" -H 'Host: direct' http://127.0.0.1:9110/
 echo "sidecar RSS under load: client $(rss "$client_pid") MiB"
 bench "ieum pair (outbound -> inbound)" -H 'Host: up' http://127.0.0.1:9110/
 echo "sidecar RSS after load: client $(rss "$client_pid") MiB, up $(rss "$up_pid") MiB"
+
+RATE="${RATE:-1000}"
+echo "fixed rate: $RATE req/s for 10 s (open loop, keep-alive), CPU of the proxies under test"
+fixed() {
+  local name=$1; shift
+  printf '%-34s ' "$name"
+  taskset -c 0 "$GEN" fixed-rate --rate "$RATE" --seconds 10 "$@"
+}
+fixed "direct (nginx)" --url http://127.0.0.1:9101/
+fixed "one HAProxy hop" --url http://127.0.0.1:9102/ --pids "$haproxy_pid"
+fixed "one ieum hop (outbound)" --url http://127.0.0.1:9110/ --host direct --pids "$client_pid"
+fixed "ieum pair (outbound -> inbound)" --url http://127.0.0.1:9110/ --host up --pids "$client_pid,$up_pid"
+echo "sidecar RSS at the end: client $(rss "$client_pid") MiB, up $(rss "$up_pid") MiB"

@@ -79,6 +79,25 @@ enum Scenario {
         #[arg(long, default_value_t = 20)]
         changes: usize,
     },
+    /// A fixed request rate against any URL (no server started): latency p50/p99 and the
+    /// CPU the given processes spent, per 100,000 requests.
+    FixedRate {
+        /// Where to send `GET`s.
+        #[arg(long)]
+        url: String,
+        /// A `Host` header (routes a sidecar's outbound listener).
+        #[arg(long)]
+        host: Option<String>,
+        /// Requests per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// How long, seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Processes whose CPU time to measure (comma-separated pids).
+        #[arg(long, value_delimiter = ',')]
+        pids: Vec<u32>,
+    },
     /// Notification latency of many watchers after one change.
     Watchers {
         #[arg(long, default_value_t = 1000)]
@@ -138,11 +157,7 @@ impl Server {
 
     /// CPU seconds (user + system) the server has used so far.
     pub(crate) fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        let after = stat.rsplit_once(')').context("stat format")?.1;
-        let f: Vec<&str> = after.split_whitespace().collect();
-        let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-        Ok(ticks / 100.0)
+        cpu_seconds(self.child.id())
     }
 
     /// Resident memory in MiB.
@@ -165,6 +180,15 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// CPU seconds (user + system) process `pid` has used so far.
+pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("stat format")?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
 }
 
 pub(crate) fn client(max_idle: usize) -> HttpClient {
@@ -252,9 +276,20 @@ pub(crate) async fn register_all(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Scenario::FixedRate {
+        url,
+        host,
+        rate,
+        seconds,
+        pids,
+    } = &args.scenario
+    {
+        return fixed_rate(url, host.as_deref(), *rate, *seconds, pids).await;
+    }
     let server = Server::start(&args.ieum, &args.server_args)?;
     let base = server.base.clone();
     match args.scenario {
+        Scenario::FixedRate { .. } => unreachable!("handled above"),
         Scenario::Register {
             instances,
             concurrency,
@@ -479,4 +514,67 @@ async fn watch_round(
     }
     eprintln!("  round {round}: {} {kind} watchers notified", out.len());
     Ok(out)
+}
+
+/// Sends `rate` requests per second (open loop: each on schedule, whatever the answers do)
+/// for `seconds`, over keep-alive connections; prints latency and CPU per 100k requests.
+async fn fixed_rate(
+    url: &str,
+    host: Option<&str>,
+    rate: u32,
+    seconds: u64,
+    pids: &[u32],
+) -> anyhow::Result<()> {
+    let c = client(256);
+    let total = u64::from(rate) * seconds;
+    let every = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let cpu_before: Vec<f64> = pids
+        .iter()
+        .map(|p| cpu_seconds(*p))
+        .collect::<Result<_, _>>()?;
+    let start = Instant::now();
+    let mut set = JoinSet::new();
+    for i in 0..total {
+        let due = start + every.mul_f64(i as f64);
+        tokio::time::sleep_until(due).await;
+        let mut req = http::Request::get(url);
+        if let Some(h) = host {
+            req = req.header("host", h);
+        }
+        let req = req.body(Full::new(Bytes::new()))?;
+        let c = c.clone();
+        set.spawn(async move {
+            let resp = c.request(req).await.ok()?;
+            let ok = resp.status().is_success();
+            resp.into_body().collect().await.ok()?;
+            ok.then(|| due.elapsed().as_secs_f64() * 1000.0)
+        });
+    }
+    let mut latencies = Vec::with_capacity(total as usize);
+    let mut failed = 0;
+    while let Some(r) = set.join_next().await {
+        match r.ok().flatten() {
+            Some(ms) => latencies.push(ms),
+            None => failed += 1,
+        }
+    }
+    let cpu: f64 = pids
+        .iter()
+        .zip(&cpu_before)
+        .map(|(p, b)| cpu_seconds(*p).map(|a| a - b))
+        .sum::<Result<f64, _>>()?;
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "{}",
+        serde_json::json!({"scenario": "fixed-rate", "url": url, "rate": rate, "requests": total, "failed": failed,
+            "p50Ms": (pct(0.5) * 1000.0).round() / 1000.0, "p99Ms": (pct(0.99) * 1000.0).round() / 1000.0,
+            "cpuSecondsPer100k": (cpu / total as f64 * 100_000.0 * 100.0).round() / 100.0})
+    );
+    Ok(())
 }
