@@ -288,9 +288,9 @@ async fn session(
         tokio::select! {
             msg = stream.message() => {
                 let Some(msg) = msg? else { return Ok(false) };
-                let mut next = (*inner.snapshot.borrow().clone()).clone();
-                next.apply(&msg);
-                let next = Arc::new(next);
+                // In place; the snapshot is copied only while a reader still holds the old one.
+                inner.snapshot.send_modify(|s| Arc::make_mut(s).apply(&msg));
+                let next = inner.snapshot.borrow().clone();
                 if let Some(path) = options.snapshot_file.clone() {
                     // File I/O (with fsync) off the async workers, in message order.
                     let s = next.clone();
@@ -299,7 +299,6 @@ async fn session(
                         tracing::warn!(path = %path.display(), error = %e, "cannot save the snapshot");
                     }
                 }
-                inner.snapshot.send_replace(next);
                 inner.connected.send_replace(true);
             }
             Some(new) = sub_rx.recv() => {

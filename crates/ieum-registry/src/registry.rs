@@ -149,10 +149,16 @@ pub const SIGNAL_RETENTION: Duration = Duration::from_secs(3600);
 /// Most signal samples kept per service.
 pub const MAX_SIGNAL_SAMPLES: usize = 20_000;
 
+/// Who waits for a write: the acknowledgement channel, if anyone.
+type Ack = oneshot::Sender<Result<Vec<Event>, String>>;
+
+/// A write within a batch: its range of the batch's changes and its acknowledgement.
+type Job = (std::ops::Range<usize>, Option<Ack>);
+
 /// Changes to store in order, and who waits for them.
 struct Write {
     changes: Vec<Change>,
-    ack: Option<oneshot::Sender<Result<Vec<Event>, String>>>,
+    ack: Option<Ack>,
 }
 
 #[derive(Default)]
@@ -432,8 +438,8 @@ fn define_service(
 }
 
 /// Tells whoever waits on `jobs` that storing them failed.
-fn fail(jobs: Vec<Write>, e: &ieum_store::StoreError) {
-    for ack in jobs.into_iter().filter_map(|j| j.ack) {
+fn fail(jobs: Vec<Job>, e: &ieum_store::StoreError) {
+    for ack in jobs.into_iter().filter_map(|(_, ack)| ack) {
         let _ = ack.send(Err(e.to_string()));
     }
 }
@@ -1363,7 +1369,7 @@ impl Core {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn send(&self, changes: Vec<Change>, ack: Option<oneshot::Sender<Result<Vec<Event>, String>>>) {
+    fn send(&self, changes: Vec<Change>, ack: Option<Ack>) {
         if self.writes.send(Write { changes, ack }).is_err() {
             tracing::warn!("registry writer stopped; change not stored");
         }
@@ -1397,24 +1403,34 @@ impl Core {
                 () = self.shutdown.cancelled() => rx.try_recv().ok(),
             };
             let Some(first) = first else { break };
-            let mut jobs = vec![first];
-            let mut size = jobs[0].changes.len();
+            let mut writes = vec![first];
+            let mut size = writes[0].changes.len();
             while size < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(w) => {
                         size += w.changes.len();
-                        jobs.push(w);
+                        writes.push(w);
                     }
                     Err(_) => break,
                 }
             }
-            if let Err((e, jobs)) = self.commit_jobs(jobs).await {
+            // One vector for the transaction; each job remembers its range, so a failed batch
+            // can be retried job by job without copying changes.
+            let mut changes = Vec::with_capacity(size);
+            let mut jobs = Vec::with_capacity(writes.len());
+            for w in writes {
+                let start = changes.len();
+                changes.extend(w.changes);
+                jobs.push((start..changes.len(), w.ack));
+            }
+            if let Err((e, jobs)) = self.commit(&changes, jobs).await {
                 if jobs.len() == 1 {
                     fail(jobs, &e);
                 } else {
                     // One bad change must not sink the others: store each job alone, in order.
-                    for job in jobs {
-                        if let Err((e, job)) = self.commit_jobs(vec![job]).await {
+                    for (range, ack) in jobs {
+                        let one = vec![(0..range.len(), ack)];
+                        if let Err((e, job)) = self.commit(&changes[range], one).await {
                             fail(job, &e);
                         }
                     }
@@ -1423,17 +1439,14 @@ impl Core {
         }
     }
 
-    /// Commits `jobs` in one transaction, then publishes their events and acknowledges
-    /// them; on failure hands the jobs back unacknowledged.
-    async fn commit_jobs(
+    /// Commits `changes` in one transaction, then publishes each job's events (the changes
+    /// in its range) and acknowledges it; on failure hands the jobs back unacknowledged.
+    async fn commit(
         &self,
-        jobs: Vec<Write>,
-    ) -> Result<(), (ieum_store::StoreError, Vec<Write>)> {
-        let changes: Vec<Change> = jobs
-            .iter()
-            .flat_map(|j| j.changes.iter().cloned())
-            .collect();
-        match self.store.commit(&changes).await {
+        changes: &[Change],
+        jobs: Vec<Job>,
+    ) -> Result<(), (ieum_store::StoreError, Vec<Job>)> {
+        match self.store.commit(changes).await {
             Ok(Committed { events, revisions }) => {
                 self.storage_ok.store(true, Ordering::Relaxed);
                 {
@@ -1451,9 +1464,8 @@ impl Core {
                     }
                 }
                 let mut rest = events.as_slice();
-                for job in jobs {
-                    let n = job
-                        .changes
+                for (range, ack) in jobs {
+                    let n = changes[range]
                         .iter()
                         .filter(|c| matches!(c, Change::Event(_)))
                         .count();
@@ -1462,7 +1474,7 @@ impl Core {
                     for e in mine {
                         let _ = self.events.send(e.clone());
                     }
-                    if let Some(ack) = job.ack {
+                    if let Some(ack) = ack {
                         let _ = ack.send(Ok(mine.to_vec()));
                     }
                 }
