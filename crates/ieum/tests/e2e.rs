@@ -454,9 +454,10 @@ async fn the_client_library_rides_out_a_server_kill_and_restart() {
     let data = db.dir().unwrap().display().to_string();
     let server = Server::start(&["--listen", "127.0.0.1:0", "--data-dir", &data]);
     let base = server.base.clone();
-    let c = http();
+    // A new client per call: a pooled connection to the killed server would fail the first
+    // request after the restart.
     let register = |id: &'static str| {
-        let c = c.clone();
+        let c = http();
         let base = base.clone();
         async move {
             let body = json!({"id": id, "address": "10.0.0.1", "port": 80, "ttl": "1h"});
