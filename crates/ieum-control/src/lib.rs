@@ -11,6 +11,7 @@
 //! - `config`: configuration resources (apply, read, history, delete, JSON Schemas).
 //! - `auth`: open on loopback, bearer token for writes elsewhere.
 //! - `error`: [`ApiError`], the one error shape `{"error": {code, message, field}}`.
+//! - The web UI (`ieum-ui`) is merged in under `/ui`; `/` redirects there.
 //!
 //! **Invariant:** handlers hold no logic of their own beyond parsing and mapping; the
 //! registry decides, so every client (CLI, UI, sidecar) gets the same answers.
@@ -62,6 +63,9 @@ pub fn router(state: AppState) -> Router {
     );
     Router::new()
         .route_service(&push_path, push)
+        // The web UI (read-only pages under /ui); the root leads to it.
+        .merge(ieum_ui::router(state.registry.clone()))
+        .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/v1/status", get(api::status))
@@ -131,4 +135,50 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use ieum_registry::{Options, Registry, SystemClock};
+    use ieum_store::MemoryStore;
+    use tokio_util::sync::CancellationToken;
+    use tower::ServiceExt;
+
+    use super::{AppState, Auth, router};
+
+    #[tokio::test]
+    async fn the_root_leads_to_the_ui_which_reads_without_a_token() {
+        let registry = Registry::start(
+            Arc::new(MemoryStore::new()),
+            Arc::new(SystemClock),
+            Options::default(),
+        )
+        .await
+        .unwrap();
+        let app = router(AppState {
+            registry,
+            auth: Auth::Token("secret".into()),
+            shutdown: CancellationToken::new(),
+        });
+        let get = |uri: &str| Request::builder().uri(uri).body(Body::empty()).unwrap();
+        let resp = app.clone().oneshot(get("/")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+        assert_eq!(resp.headers()["location"], "/ui");
+        let resp = app.clone().oneshot(get("/ui")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        let resp = app.oneshot(get("/ui/services/nope")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    }
 }

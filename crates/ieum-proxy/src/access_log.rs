@@ -101,7 +101,7 @@ fn flags(reason: Option<&str>) -> &'static str {
         Some("deadline-exceeded" | "upstream-timeout") => "UT",
         Some("circuit-blocked" | "overloaded" | "queue-full") => "UO",
         Some("rate-limited") => "RL",
-        Some("service-not-registered") => "NR",
+        Some("service-not-registered" | "egress-denied") => "NR",
         Some("no-endpoint" | "no-endpoint-ready") => "UH",
         Some("fault-injected") => "FI",
         _ => "-",

@@ -30,11 +30,13 @@ pub(crate) async fn handle(
     }
     let res = match req.uri().path() {
         "/ready" => ready(&shared),
-        "/metrics" => answer(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            shared.metrics.render(),
-        ),
+        "/metrics" => {
+            let mut text = shared.metrics.render();
+            if let Some(t) = &shared.tracer {
+                t.render(&mut text);
+            }
+            answer(StatusCode::OK, "text/plain; version=0.0.4", text)
+        }
         "/config" => {
             let snapshot = shared.client.snapshot();
             let mut services: Vec<String> = snapshot.services.keys().cloned().collect();

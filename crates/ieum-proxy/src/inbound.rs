@@ -2,6 +2,9 @@
 //! keep-alive connection. Every request is counted in flight until its response body
 //! ends, so a drain waits for it, and recorded in the inbound metrics.
 //!
+//! The caller's `traceparent` is replaced by this hop's (the app's parent is the inbound
+//! server span), and with an exporter a server span is recorded.
+//!
 //! mTLS and authorization by caller identity slot in before `forward` (on the accepted
 //! connection and on the request) without changing it.
 
@@ -19,21 +22,28 @@ use tower::{BoxError, Layer, ServiceExt};
 use crate::Shared;
 use crate::access_log::Entry;
 use crate::body::{Guarded, InFlight, ProxyBody, boxed, text};
+use crate::trace::{Hop, Kind, Pending};
 use crate::upstream::{retarget, strip_hop_by_hop};
 
 pub(crate) async fn handle(
     shared: Arc<Shared>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let guard = InFlight::new(&shared.in_flight);
     let metrics = &shared.inbound_metrics;
     metrics.request();
     let start = Instant::now();
     let entry = shared.access_log.get().map(|_| Entry::new(&req, "inbound"));
+    // The app's parent is this hop's server span.
+    let hop = Hop::enter(req.headers_mut());
+    let span = Pending::start(shared.tracer.as_ref(), hop, Kind::Server, &req);
     let res = forward(&shared, req).await;
     metrics.response(res.status(), is_failure(&res), start.elapsed());
     if let (Some(entry), Some(sink)) = (entry, shared.access_log.get()) {
         sink(entry.line(&res, start.elapsed()));
+    }
+    if let (Some(span), Some(tracer)) = (span, &shared.tracer) {
+        tracer.record(span.finish(&res, &shared.service, "default"));
     }
     Ok(res.map(|b| Guarded::wrap(b, guard)))
 }

@@ -2,8 +2,11 @@
 //!
 //! ```text
 //!  app ──HTTP_PROXY / Host / /v1/invoke/──► outbound ──► other sidecars' inbound ──► their app
-//!                                                    └──► outside the mesh (egress, CONNECT)
-//!  other sidecars ────────────────────────► inbound ───► app_addr
+//!                                                    └──► outside the mesh (egress, CONNECT;
+//!                                                         403 with --egress registry-only)
+//!  app ──TCP──► --tcp listener ─(balanced endpoint of the service, bytes piped)──► inbound
+//!  other sidecars ────────────────────────► inbound ───► app_addr (HTTP, or piped TCP)
+//!  every listener's spans ─── bounded queue ──► OTLP collector (when OTEL_* says so)
 //!  operators, probes ─────────────────────► admin: /ready /metrics /config /endpoints
 //! ```
 //!
@@ -34,6 +37,10 @@
 //!     inbound_listen: "0.0.0.0:7711".parse().expect("an address"),
 //!     admin_listen: "127.0.0.1:7719".parse().expect("an address"),
 //!     client,
+//!     egress: ieum_proxy::Egress::Allow,
+//!     app_protocol: ieum_proxy::AppProtocol::Http,
+//!     tcp: vec!["127.0.0.1:15432=postgres".parse().expect("a TCP forward")],
+//!     otlp: ieum_proxy::OtlpConfig::from_env("orders").unwrap_or(None),
 //! })
 //! .await?;
 //! // Register the instance at `sidecar.inbound_addr()`; start the app with
@@ -41,6 +48,7 @@
 //! sidecar.set_app_healthy(true);
 //! // On SIGTERM: mark the instance draining, then
 //! sidecar.drain(Duration::from_secs(30)).await;
+//! sidecar.flush_traces(Duration::from_secs(2)).await;
 //! # Ok(())
 //! # }
 //! ```
@@ -64,6 +72,12 @@
 //! - `breakers`: latest breaker states and the coalesced feed of transitions.
 //! - `metrics`: Linkerd-named counters and histograms, atomics per label set.
 //! - `upgrade`: HTTP/1.1 upgrades (WebSocket) spliced after a `101`; `CONNECT` tunnels.
+//! - `tcp`: opaque TCP — the app's `--tcp` listeners piped to a balanced endpoint of a
+//!   service, and the inbound listener of an app registered as `tcp`; `tcp_*` metrics.
+//! - `trace`: W3C `traceparent` on every hop (always) and one span per proxied request
+//!   (client span outbound, server span inbound) when an exporter is configured.
+//! - `otlp`: the exporter — `OTEL_*` configuration, a bounded queue that drops (and
+//!   counts) rather than wait, batches sent by one task over OTLP/HTTP protobuf or gRPC.
 //! - `server`: the accept loop (HTTP/1.1 and h2c on one port) with graceful stop; `body`:
 //!   the response body type and the in-flight guard.
 //!
@@ -74,6 +88,10 @@
 //!
 //! **Invariant:** every resilience concern comes from `ieum-resilience`; this crate only
 //! chooses the configuration and the endpoints.
+//!
+//! **Invariant:** span export never slows a request: spans are offered to a bounded
+//! queue without waiting, and without an exporter nothing is recorded (only the
+//! `traceparent` header is written).
 
 mod access_log;
 mod admin;
@@ -83,8 +101,11 @@ mod config;
 mod dest;
 mod inbound;
 mod metrics;
+mod otlp;
 mod outbound;
 mod server;
+mod tcp;
+mod trace;
 mod upgrade;
 mod upstream;
 
@@ -101,6 +122,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use body::ProxyBody;
 pub use metrics::{GoldenSignals, Traffic};
+pub use otlp::{OtlpConfig, OtlpProtocol};
+pub use tcp::TcpForward;
 
 use body::InFlightCounter;
 use config::Config;
@@ -130,6 +153,66 @@ pub struct SidecarConfig {
     pub admin_listen: SocketAddr,
     /// The push-stream client, already started by the caller.
     pub client: Client,
+    /// What the outbound listener does with destinations that are not registered
+    /// services.
+    pub egress: Egress,
+    /// What the app speaks on `app_addr`: HTTP is proxied request by request (routes,
+    /// rate limits, metrics per request); TCP is piped byte for byte.
+    pub app_protocol: AppProtocol,
+    /// Opaque TCP listeners for the app (`--tcp 127.0.0.1:15432=postgres`).
+    pub tcp: Vec<TcpForward>,
+    /// Where spans go (OTLP); `None` records none (`traceparent` still propagates).
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// What the outbound listener does with a destination that is not a registered service
+/// (a dotted name, an IP address and port, an unregistered name that resolves in DNS, a
+/// `CONNECT` tunnel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Egress {
+    /// Forwards it as a plain HTTP proxy would, and tunnels `CONNECT`: the app's calls
+    /// outside the mesh keep working.
+    #[default]
+    Allow,
+    /// Refuses it with 403 and a body naming the host (Istio's `REGISTRY_ONLY`): only
+    /// registered services are reachable.
+    RegistryOnly,
+}
+
+impl std::str::FromStr for Egress {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "allow" => Ok(Egress::Allow),
+            "registry-only" | "registryOnly" => Ok(Egress::RegistryOnly),
+            other => Err(format!(
+                "`{other}` is not an egress mode: use allow or registry-only"
+            )),
+        }
+    }
+}
+
+/// The protocol the app serves, which decides how the inbound listener forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AppProtocol {
+    /// HTTP/1.1 or h2c (gRPC): requests are proxied one by one.
+    #[default]
+    Http,
+    /// Opaque TCP: every accepted connection is piped to the app byte for byte.
+    Tcp,
+}
+
+impl std::str::FromStr for AppProtocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "http" => Ok(AppProtocol::Http),
+            "tcp" => Ok(AppProtocol::Tcp),
+            other => Err(format!("`{other}` is not an app protocol: use http or tcp")),
+        }
+    }
 }
 
 /// Receives access log lines.
@@ -164,6 +247,12 @@ pub(crate) struct Shared {
     in_flight: Arc<InFlightCounter>,
     /// Since when the control plane is unreachable (`None` while connected).
     disconnected_since: Mutex<Option<SystemTime>>,
+    /// Whether destinations outside the registry are reachable.
+    egress: Egress,
+    /// Records spans and hands them to the exporter; `None` without OTLP.
+    tracer: Option<trace::Tracer>,
+    /// The opaque TCP forwards, kept in step with the snapshot.
+    tcp_forwards: Vec<Arc<tcp::Forward>>,
 }
 
 impl Shared {
@@ -188,10 +277,16 @@ impl Shared {
                 }
             }
             *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+            for f in &self.tcp_forwards {
+                f.update(snapshot);
+            }
             return;
         }
         for d in current.dests.all() {
             d.update(snapshot, &self.up_client);
+        }
+        for f in &self.tcp_forwards {
+            f.update(snapshot);
         }
     }
 
@@ -219,6 +314,9 @@ pub struct Sidecar {
     stop_inbound: CancellationToken,
     /// Stops everything else.
     stop: CancellationToken,
+    /// Stops the span exporter (after a last flush), and its task.
+    stop_export: CancellationToken,
+    export_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Sidecar {
@@ -233,19 +331,51 @@ impl std::fmt::Debug for Sidecar {
 }
 
 impl Sidecar {
-    /// Binds the three listeners and serves them.
+    /// Binds the three listeners (and the opaque TCP ones) and serves them.
     pub async fn start(config: SidecarConfig) -> std::io::Result<Sidecar> {
-        let outbound_l = TcpListener::bind(config.outbound_listen).await?;
-        let inbound_l = TcpListener::bind(config.inbound_listen).await?;
-        let admin_l = TcpListener::bind(config.admin_listen).await?;
+        let bind = |what: String, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{what} {addr}: {e}")))
+        };
+        let outbound_l = bind("outbound listener".into(), config.outbound_listen).await?;
+        let inbound_l = bind("inbound listener".into(), config.inbound_listen).await?;
+        let admin_l = bind("admin listener".into(), config.admin_listen).await?;
+        let mut tcp_ls = Vec::new();
+        for f in &config.tcp {
+            let l = bind(format!("TCP listener for `{}` at", f.service), f.listen).await?;
+            tcp_ls.push((f.clone(), l));
+        }
         let app = upstream::authority(&config.app_addr.ip().to_string(), config.app_addr.port())
             .ok_or_else(|| std::io::Error::other("the app address is not a valid authority"))?;
         let metrics = Metrics::default();
         let inbound_metrics = metrics.route(Direction::Inbound, &config.service, "default");
         let egress_metrics = metrics.route(Direction::Outbound, "external", "egress");
         let snapshot = config.client.snapshot();
+        let zone: Option<Arc<str>> = config.zone.as_deref().map(Arc::from);
+        let mut tcp_forwards = Vec::new();
+        for (f, l) in &tcp_ls {
+            let m = metrics.tcp_dst(Direction::Outbound, &f.service);
+            tcp_forwards.push(Arc::new(tcp::Forward::new(
+                f.clone(),
+                l.local_addr()?,
+                &config.service,
+                zone.clone(),
+                &snapshot,
+                m,
+            )));
+        }
+        let stop = CancellationToken::new();
+        let stop_export = CancellationToken::new();
+        let (tracer, export_task) = match config.otlp {
+            Some(otlp) => {
+                let (t, task) = trace::Tracer::start(otlp, stop_export.clone());
+                (Some(t), Some(task))
+            }
+            None => (None, None),
+        };
         let shared = Arc::new(Shared {
-            zone: config.zone.as_deref().map(Arc::from),
+            zone,
             service: config.service,
             app,
             app_addr: config.app_addr,
@@ -263,9 +393,11 @@ impl Sidecar {
             in_flight: Arc::new(InFlightCounter::default()),
             disconnected_since: Mutex::new(None),
             client: config.client,
+            egress: config.egress,
+            tracer,
+            tcp_forwards,
         });
         shared.sample_connected();
-        let stop = CancellationToken::new();
         let stop_inbound = stop.child_token();
         let sidecar = Sidecar {
             outbound: outbound_l.local_addr()?,
@@ -274,17 +406,27 @@ impl Sidecar {
             shared: shared.clone(),
             stop_inbound: stop_inbound.clone(),
             stop: stop.clone(),
+            stop_export,
+            export_task: Mutex::new(export_task),
         };
         let s = shared.clone();
         let tcp = Some(shared.metrics.tcp_outbound.clone());
         server::spawn(outbound_l, stop.clone(), tcp, move |req| {
             outbound::handle(s.clone(), req)
         });
-        let s = shared.clone();
-        let tcp = Some(shared.metrics.tcp_inbound.clone());
-        server::spawn(inbound_l, stop_inbound, tcp, move |req| {
-            inbound::handle(s.clone(), req)
-        });
+        match config.app_protocol {
+            AppProtocol::Http => {
+                let s = shared.clone();
+                let tcp = Some(shared.metrics.tcp_inbound.clone());
+                server::spawn(inbound_l, stop_inbound, tcp, move |req| {
+                    inbound::handle(s.clone(), req)
+                });
+            }
+            AppProtocol::Tcp => tcp::serve_inbound(shared.clone(), inbound_l, stop_inbound),
+        }
+        for (f, (_, l)) in shared.tcp_forwards.iter().zip(tcp_ls) {
+            tcp::serve_forward(shared.clone(), f.clone(), l, stop.clone());
+        }
         let s = shared.clone();
         server::spawn(admin_l, stop.clone(), None, move |req| {
             admin::handle(s.clone(), req)
@@ -292,6 +434,27 @@ impl Sidecar {
         tokio::spawn(follow(shared, stop));
         tracing::info!(?sidecar, "sidecar listening");
         Ok(sidecar)
+    }
+
+    /// The addresses of the opaque TCP listeners, in the order of
+    /// [`SidecarConfig::tcp`] (with the ports chosen for port 0).
+    pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.shared.tcp_forwards.iter().map(|f| f.local).collect()
+    }
+
+    /// Sends the spans still queued and stops the exporter, waiting at most `grace`; call
+    /// it last when stopping, so the final requests' spans are not lost. Spans recorded
+    /// afterwards are dropped.
+    pub async fn flush_traces(&self, grace: Duration) {
+        self.stop_export.cancel();
+        let task = self
+            .export_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(grace, task).await;
+        }
     }
 
     /// The outbound listener's address (what the app's `HTTP_PROXY` points at).
@@ -360,12 +523,14 @@ impl Sidecar {
     /// Stops every listener and background task.
     pub fn shutdown(&self) {
         self.stop.cancel();
+        self.stop_export.cancel();
     }
 }
 
 impl Drop for Sidecar {
     fn drop(&mut self) {
         self.stop.cancel();
+        self.stop_export.cancel();
     }
 }
 

@@ -205,10 +205,48 @@ impl Drop for TcpGuard {
     }
 }
 
+/// Piped (opaque TCP) connections to one destination (Linkerd's `tcp_*` with
+/// `peer="dst"`); bytes are the destination's, counted as they move.
+#[derive(Debug, Default)]
+pub(crate) struct TcpDst {
+    opened: AtomicU64,
+    closed: AtomicU64,
+    /// Bytes read from the destination.
+    pub(crate) read_bytes: AtomicU64,
+    /// Bytes written to the destination.
+    pub(crate) write_bytes: AtomicU64,
+    connect_errors: AtomicU64,
+}
+
+impl TcpDst {
+    /// A connection to the destination is open until the guard drops.
+    pub(crate) fn open(self: &Arc<Self>) -> TcpDstGuard {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        TcpDstGuard(self.clone())
+    }
+
+    /// No connection to the destination could be made.
+    pub(crate) fn connect_error(&self) {
+        self.connect_errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// An open piped connection.
+#[derive(Debug)]
+pub(crate) struct TcpDstGuard(Arc<TcpDst>);
+
+impl Drop for TcpDstGuard {
+    fn drop(&mut self) {
+        self.0.closed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Every label set seen so far.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
     routes: Mutex<BTreeMap<Key, Arc<RouteMetrics>>>,
+    /// Piped connections by direction and destination service.
+    tcp_dst: Mutex<BTreeMap<(Direction, String), Arc<TcpDst>>>,
     /// Accepted connections, inbound and outbound.
     pub(crate) tcp_inbound: Arc<TcpMetrics>,
     pub(crate) tcp_outbound: Arc<TcpMetrics>,
@@ -222,6 +260,12 @@ impl Metrics {
             .entry((dir, dst.to_owned(), route.to_owned()))
             .or_insert_with(|| Arc::new(RouteMetrics::new()))
             .clone()
+    }
+
+    /// The piped-connection counters of `direction` / `dst`, registered on first use.
+    pub(crate) fn tcp_dst(&self, dir: Direction, dst: &str) -> Arc<TcpDst> {
+        let mut m = self.tcp_dst.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry((dir, dst.to_owned())).or_default().clone()
     }
 
     /// A sample of every label set.
@@ -284,6 +328,13 @@ impl Metrics {
             (Direction::Inbound, &self.tcp_inbound),
             (Direction::Outbound, &self.tcp_outbound),
         ];
+        let dsts: Vec<((Direction, String), Arc<TcpDst>)> = self
+            .tcp_dst
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for (name, kind, help) in [
             (
                 "tcp_open_total",
@@ -300,8 +351,46 @@ impl Metrics {
                 "gauge",
                 "Number of currently-open connections.",
             ),
+            (
+                "tcp_read_bytes_total",
+                "counter",
+                "Total count of bytes read from peers.",
+            ),
+            (
+                "tcp_write_bytes_total",
+                "counter",
+                "Total count of bytes written to peers.",
+            ),
+            (
+                "tcp_connect_errors_total",
+                "counter",
+                "Total count of connections that could not be made to a destination.",
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for ((dir, dst), t) in &dsts {
+                let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                let n = match name {
+                    "tcp_open_total" => load(&t.opened),
+                    "tcp_close_total" => load(&t.closed),
+                    "tcp_open_connections" => load(&t.opened).saturating_sub(load(&t.closed)),
+                    "tcp_read_bytes_total" => load(&t.read_bytes),
+                    "tcp_write_bytes_total" => load(&t.write_bytes),
+                    _ => load(&t.connect_errors),
+                };
+                let _ = writeln!(
+                    out,
+                    "{name}{{direction=\"{}\",peer=\"dst\",dst_service=\"{}\"}} {n}",
+                    dir.as_str(),
+                    escape(dst)
+                );
+            }
+            if !matches!(
+                name,
+                "tcp_open_total" | "tcp_close_total" | "tcp_open_connections"
+            ) {
+                continue;
+            }
             for (dir, t) in &tcp {
                 let (opened, closed) = (
                     t.opened.load(Ordering::Relaxed),

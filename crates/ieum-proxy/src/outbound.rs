@@ -15,7 +15,12 @@
 //! rule is selected and its filters applied, a backend is picked by weight (and
 //! priority), and the call goes through that destination's resilience stack.
 //!
-//! Not yet: a `registryOnly` egress switch (no configuration resource carries it).
+//! With [`crate::Egress::RegistryOnly`] (`--egress registry-only`) nothing leaves the
+//! mesh: egress requests, `CONNECT` tunnels and unregistered names get a 403 naming the
+//! host and how to allow it, counted as failures of `dst_service="external"`.
+//!
+//! Every request but `CONNECT` gets this hop's `traceparent` (see [`crate::trace`]) and,
+//! with an exporter, a client span.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -29,26 +34,33 @@ use ieum_resilience::classify::{REASON_HEADER, SOURCE_HEADER, classify, is_failu
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-use crate::Shared;
 use crate::access_log::{Entry, Routed};
 use crate::body::{Guarded, InFlight, ProxyBody, text};
 use crate::config::{apply_request_filters, apply_response_filters, pick_backend};
 use crate::dest::{Dest, DestKey, has_up};
 use crate::metrics::Direction;
+use crate::trace::{Hop, Kind, Pending};
 use crate::upstream::{Upstream, strip_hop_by_hop};
+use crate::{Egress, Shared};
 
 /// Prefix of the path form of the sidecar's own API.
 const INVOKE: &str = "/v1/invoke/";
 
 pub(crate) async fn handle(
     shared: Arc<Shared>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let guard = InFlight::new(&shared.in_flight);
     let log = shared
         .access_log
         .get()
         .map(|_| (Entry::new(&req, "outbound"), Instant::now()));
+    let span = if req.method() == http::Method::CONNECT {
+        None
+    } else {
+        let hop = Hop::enter(req.headers_mut());
+        Pending::start(shared.tracer.as_ref(), hop, Kind::Client, &req)
+    };
     let res = if req.method() == http::Method::CONNECT {
         tunnel(&shared, req).await
     } else {
@@ -61,7 +73,34 @@ pub(crate) async fn handle(
     if let (Some((entry, start)), Some(sink)) = (log, shared.access_log.get()) {
         sink(entry.line(&res, start.elapsed()));
     }
+    if let (Some(span), Some(tracer)) = (span, &shared.tracer) {
+        let routed = res.extensions().get::<Routed>();
+        let (dst, route) = routed.map_or(("", ""), |r| (r.cluster.as_str(), r.route.as_str()));
+        tracer.record(span.finish(&res, dst, route));
+    }
     Ok(res.map(|b| Guarded::wrap(b, guard)))
+}
+
+/// The answer to a destination outside the registry when egress is restricted.
+fn refuse(shared: &Shared, host: &str) -> Response<ProxyBody> {
+    let metrics = &shared.egress_metrics;
+    metrics.request();
+    let mut res = local(
+        StatusCode::FORBIDDEN,
+        "egress-denied",
+        format!(
+            "egress to `{host}` is refused: this sidecar runs with --egress registry-only, so \
+             it only calls services registered in ieum. Register `{host}` as a service, or \
+             start the sidecar with --egress allow (IEUM_EGRESS=allow) to let calls outside \
+             the mesh through\n"
+        ),
+    );
+    metrics.response(res.status(), true, std::time::Duration::ZERO);
+    res.extensions_mut().insert(Routed {
+        route: "egress".into(),
+        cluster: "external".into(),
+    });
+    res
 }
 
 /// Where a request goes.
@@ -127,6 +166,9 @@ async fn egress(
     authority: Authority,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    if shared.egress == Egress::RegistryOnly {
+        return refuse(shared, authority.as_str());
+    }
     let metrics = shared.egress_metrics.clone();
     metrics.request();
     let start = Instant::now();
@@ -169,6 +211,9 @@ async fn tunnel(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<ProxyB
             "CONNECT needs host:port\n".to_owned(),
         );
     };
+    if shared.egress == Egress::RegistryOnly {
+        return refuse(shared, authority.as_str());
+    }
     let metrics = &shared.egress_metrics;
     metrics.request();
     let start = Instant::now();
@@ -268,6 +313,9 @@ async fn proxy(
             .await
             .is_some_and(|s| s.known),
     };
+    if !known && shared.egress == Egress::RegistryOnly && shared.client.connected() {
+        return refuse(shared, &name);
+    }
     if !known {
         // Not in the mesh: a name DNS knows is egress (the app's calls outside keep
         // working); one that resolves nowhere gets a 502 that says so.
@@ -386,7 +434,7 @@ async fn proxy(
         u.splice(&mut res);
     }
     apply_response_filters(&sel, res.headers_mut());
-    if shared.access_log.get().is_some() {
+    if shared.access_log.get().is_some() || shared.tracer.is_some() {
         res.extensions_mut().insert(Routed {
             route: sel.label().to_owned(),
             cluster: dest.key.service.clone(),

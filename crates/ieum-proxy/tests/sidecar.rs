@@ -828,3 +828,81 @@ async fn a_configuration_change_elsewhere_keeps_a_destinations_breaker() {
     assert_eq!(c.get("http://stock/x").send().await.unwrap().status(), 500);
     assert_eq!(mesh.hits.load(Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn registry_only_egress_refuses_outside_calls_with_a_403_that_says_why() {
+    let server = Server::start().await;
+    let b = sidecar(
+        client(&server, "stock", &[]),
+        "stock",
+        app(echo).await,
+        None,
+    )
+    .await;
+    server
+        .register("stock", "stock-1", b.inbound_addr(), None)
+        .await;
+    let outside_hits = Arc::new(AtomicUsize::new(0));
+    let h = outside_hits.clone();
+    let outside = app(move |_req| {
+        h.fetch_add(1, Ordering::SeqCst);
+        async { reply(200, "outside") }
+    })
+    .await;
+    let client_a = client(&server, "web", &["stock"]);
+    until(&client_a, "stock's endpoint", |s| s.up("stock").len() == 1).await;
+    let a = sidecar_with(client_a, "web", "127.0.0.1:9".parse().unwrap(), |c| {
+        c.egress = ieum_proxy::Egress::RegistryOnly;
+    })
+    .await;
+    let c = proxied(&a);
+
+    // The mesh still works.
+    assert_eq!(c.get("http://stock/x").send().await.unwrap().status(), 200);
+    // An address outside, a dotted name, an unregistered name: refused, naming the host.
+    let outside_host = format!("127.0.0.1:{}", outside.port());
+    for (url, host) in [
+        (format!("http://{outside_host}/x"), outside_host.as_str()),
+        ("http://api.example.com/x".to_owned(), "api.example.com"),
+        ("http://ghost/x".to_owned(), "ghost"),
+    ] {
+        let res = c.get(&url).send().await.unwrap();
+        assert_eq!(res.status(), 403, "{url}");
+        assert_eq!(res.headers()["ieum-reason"], "egress-denied");
+        let body = res.text().await.unwrap();
+        assert!(
+            body.contains(&format!("egress to `{host}` is refused")),
+            "{body}"
+        );
+        assert!(
+            body.contains("registered") && body.contains("--egress allow"),
+            "{body}"
+        );
+    }
+    // CONNECT tunnels too.
+    let mut conn = tokio::net::TcpStream::connect(a.outbound_addr())
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(
+        format!("CONNECT {outside_host} HTTP/1.1\r\nHost: {outside_host}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0; 1024];
+    let n = conn.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert_eq!(
+        outside_hits.load(Ordering::SeqCst),
+        0,
+        "nothing left the mesh"
+    );
+    let (_, text) = admin(&a, "/metrics").await;
+    assert!(
+        text.contains(
+            r#"response_total{direction="outbound",dst_service="external",route="egress",classification="failure",status_code="403"} 4"#
+        ),
+        "{text}"
+    );
+}

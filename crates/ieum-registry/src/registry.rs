@@ -19,8 +19,10 @@ use tokio_util::sync::CancellationToken;
 use crate::check;
 
 mod config;
+mod views;
 use crate::{Clock, RegistryError};
 pub use config::{Applied, Outcome};
+pub use views::{BreakerState, Bucket, Golden, Traffic};
 
 /// The `kind` of the resource that defines a service.
 pub const SERVICE_KIND: &str = "Service";
@@ -142,6 +144,8 @@ pub(crate) struct Core {
     /// [`SIGNAL_RETENTION`] and [`MAX_SIGNAL_SAMPLES`] (kept in memory: they are measurements,
     /// not changes of state).
     signals: Mutex<BTreeMap<String, VecDeque<ieum_model::telemetry::SignalSample>>>,
+    /// Memos for read-only views (current breaker states).
+    views: views::Views,
 }
 
 /// How long reported signals are kept.
@@ -516,6 +520,7 @@ impl Registry {
             tasks: Mutex::new(Vec::new()),
             config_lock: tokio::sync::Mutex::new(()),
             signals: Mutex::new(BTreeMap::new()),
+            views: views::Views::default(),
         });
         let registry = Registry { core };
 
@@ -1088,6 +1093,7 @@ impl Registry {
                 list.pop_front();
             }
         }
+        core.views.note_breakers(service, id, now, &report.breakers);
         if report.breakers.is_empty() {
             return Ok(());
         }

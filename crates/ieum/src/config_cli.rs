@@ -103,7 +103,7 @@ impl std::fmt::Display for Invalid {
 
 impl std::error::Error for Invalid {}
 
-async fn send_apply(
+pub(crate) async fn send_apply(
     ctx: &Context,
     resources: Vec<Resource>,
     dry_run: bool,

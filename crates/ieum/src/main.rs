@@ -6,6 +6,8 @@
 //!   a server over its REST API through `client`, printing with `output`.
 //! - `config_cli`: configuration commands (`apply`, `validate`, `diff`, `delete`,
 //!   `history`, `schema`).
+//! - `sidecar`: `ieum run` and `ieum sidecar`.
+//! - `demo`: `ieum demo`, the whole system with an example shop, and its apps.
 //!
 //! Exit codes: 0 ok, 1 rejected or invalid, 2 usage error, 3 server unreachable.
 
@@ -16,6 +18,7 @@ use clap::{Parser, Subcommand};
 mod cli;
 mod client;
 mod config_cli;
+mod demo;
 mod output;
 mod server;
 mod sidecar;
@@ -44,6 +47,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start the whole system with an example shop, load and a little failure, then open
+    /// the UI it prints. Ctrl-C stops everything.
+    Demo(demo::DemoArgs),
     /// Run the control plane: registry, REST API, event stream.
     Server(server::ServerArgs),
     /// List resources: `ieum get services`, `ieum get service orders`, `ieum get routes`.
@@ -74,6 +80,9 @@ enum Command {
     /// Register an instance and keep it alive with heartbeats until stopped (for VMs and
     /// scripts); deregisters it on Ctrl-C.
     Register(cli::RegisterArgs),
+    /// One of the demo's example services (started by `ieum demo`).
+    #[command(hide = true)]
+    DemoApp(demo::apps::AppArgs),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +105,8 @@ fn main() -> ExitCode {
     let result: anyhow::Result<u8> = runtime.block_on(async move {
         let done = |r: anyhow::Result<()>| r.map(|()| 0u8);
         match cli.command {
+            Command::Demo(args) => done(demo::run(args).await),
+            Command::DemoApp(args) => done(demo::apps::run(args).await),
             Command::Run(args) => sidecar::run(&ctx, args).await,
             Command::Sidecar(args) => sidecar::sidecar(&ctx, args).await,
             Command::Server(args) => done(server::run(args).await),

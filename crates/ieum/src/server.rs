@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 /// `ieum server` flags.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServerArgs {
-    /// Address of the API (and, later, the UI). Off loopback, writes need a token.
+    /// Address of the API and the UI. Off loopback, writes need a token.
     #[arg(long, default_value = "127.0.0.1:7700")]
     listen: SocketAddr,
     /// Where the embedded database and the admin token live.
@@ -123,6 +123,7 @@ fn banner(addr: SocketAddr, store_url: &str, backend: &str, auth: &str, dev: boo
     let base = format!("http://{addr}");
     let mut b = format!("ieum {} server\n", env!("CARGO_PKG_VERSION"));
     b += &format!("  listening  {addr} (HTTP/1.1 and HTTP/2)\n");
+    b += &format!("  UI         {base}/ui\n");
     b += &format!("  API        {base}/v1\n");
     b += &format!("  OpenAPI    {base}/v1/openapi.json\n");
     b += &format!("  events     {base}/v1/events/stream (Server-Sent Events)\n");

@@ -1,6 +1,9 @@
 //! `ieum run` and `ieum sidecar`: the sidecar's lifecycle around the data plane
 //! (`ieum-proxy`): first snapshot, the app's environment, local health, registration,
-//! heartbeats, drain and exit codes.
+//! heartbeats, drain and exit codes. Also where the data plane's options come from: the
+//! egress mode (`--egress`, `IEUM_EGRESS`), the app's protocol (`--app-protocol`), opaque
+//! TCP forwards (`--tcp`), and span export from the standard `OTEL_*` variables
+//! (`docs/sidecar.md`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -8,8 +11,9 @@ use std::process::Stdio;
 use std::time::Duration as StdDuration;
 
 use anyhow::Context as _;
+use ieum_model::instance::Protocol;
 use ieum_model::{Duration, InstanceRegistration, Name};
-use ieum_proxy::{Sidecar, SidecarConfig};
+use ieum_proxy::{AppProtocol, Egress, OtlpConfig, Sidecar, SidecarConfig, TcpForward};
 use reqwest::Method;
 
 use crate::cli::Context;
@@ -63,6 +67,25 @@ pub(crate) struct SidecarArgs {
     /// Longest wait for in-flight requests when stopping.
     #[arg(long, default_value = "10s")]
     drain_grace: Duration,
+    /// Destinations outside the registry: `allow` forwards them as a plain HTTP proxy
+    /// (and tunnels CONNECT); `registry-only` answers 403 naming the host, so the app can
+    /// only reach registered services.
+    #[arg(
+        long,
+        env = "IEUM_EGRESS",
+        default_value = "allow",
+        value_name = "allow|registry-only"
+    )]
+    egress: Egress,
+    /// What the app speaks on --app-port: `http` (requests proxied one by one) or `tcp`
+    /// (opaque: the inbound listener pipes bytes; the instance registers as tcp).
+    #[arg(long, default_value = "http", value_name = "http|tcp")]
+    app_protocol: AppProtocol,
+    /// An opaque TCP listener for the app, LISTEN=SERVICE[:PORT]: connections to LISTEN
+    /// are piped to an endpoint of SERVICE picked by the balancer (at PORT instead of
+    /// the registered port when given). Repeatable, e.g. --tcp 127.0.0.1:15432=postgres.
+    #[arg(long = "tcp", value_name = "LISTEN=SERVICE[:PORT]")]
+    tcp: Vec<TcpForward>,
 }
 
 /// `ieum run … -- CMD…`.
@@ -178,7 +201,7 @@ enum End {
     AppExited(i32),
 }
 
-async fn signal() {
+pub(crate) async fn signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -198,7 +221,7 @@ async fn signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn exit_code(status: std::process::ExitStatus) -> i32 {
+pub(crate) fn exit_code(status: std::process::ExitStatus) -> i32 {
     #[cfg(unix)]
     if let Some(sig) = std::os::unix::process::ExitStatusExt::signal(&status) {
         return 128 + sig;
@@ -232,7 +255,9 @@ async fn lifecycle(
         server: ctx.server.clone(),
         client: format!("sidecar {service}"),
         service: Some(service.to_string()),
-        calls: Vec::new(),
+        // The TCP forwards' services, so their endpoints are there before the first
+        // connection.
+        calls: args.tcp.iter().map(|f| f.service.clone()).collect(),
         snapshot_file: Some(
             args.data_dir
                 .join(format!("sidecar-{service}.snapshot.json")),
@@ -258,7 +283,15 @@ async fn lifecycle(
         );
     }
 
-    // 2. The data plane.
+    // 2. The data plane. Spans go where the standard OpenTelemetry variables say; a bad
+    //    setting is reported and tracing stays off (the app must still start).
+    let otlp = match OtlpConfig::from_env(service.as_str()) {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("not exporting spans: {why}");
+            None
+        }
+    };
     let app_addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.app_port);
     let proxy = Sidecar::start(SidecarConfig {
         service: service.to_string(),
@@ -268,6 +301,10 @@ async fn lifecycle(
         inbound_listen: free_or_any(args.inbound),
         admin_listen: free_or_any(args.admin),
         client: push.clone(),
+        egress: args.egress,
+        app_protocol: args.app_protocol,
+        tcp: args.tcp.clone(),
+        otlp: otlp.clone(),
     })
     .await
     .context("cannot start the sidecar's listeners")?;
@@ -280,6 +317,15 @@ async fn lifecycle(
     eprintln!("  outbound  http://{outbound}  (the app's HTTP proxy; IEUM_OUTBOUND)");
     eprintln!("  inbound   {inbound}  -> app 127.0.0.1:{}", args.app_port);
     eprintln!("  admin     http://{admin}/ready  /metrics  /config  /endpoints");
+    for (f, addr) in args.tcp.iter().zip(proxy.tcp_addrs()) {
+        eprintln!("  tcp       {addr}  -> {} (opaque)", f.service);
+    }
+    if args.egress == Egress::RegistryOnly {
+        eprintln!("  egress    registry-only: calls outside registered services get 403");
+    }
+    if let Some(o) = &otlp {
+        eprintln!("  traces    {} ({:?})", o.endpoint, o.protocol);
+    }
 
     // 3. The app, in its own process group so a terminal's Ctrl-C reaches the sidecar
     //    first and the app is stopped only after the drain.
@@ -316,6 +362,9 @@ async fn lifecycle(
     reg.region = args.region.clone();
     reg.version = args.version.clone();
     reg.platform = Some("local".into());
+    if args.app_protocol == AppProtocol::Tcp {
+        reg.protocol = Protocol::Tcp;
+    }
     reg.metadata
         .insert("appPort".into(), args.app_port.to_string());
     reg.metadata.insert("sidecar".into(), "ieum".into());
@@ -474,6 +523,7 @@ async fn lifecycle(
             code
         }
     };
+    proxy.flush_traces(StdDuration::from_secs(2)).await;
     push.shutdown().await;
     Ok(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
 }

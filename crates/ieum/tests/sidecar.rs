@@ -20,10 +20,16 @@ impl Drop for Proc {
 }
 
 /// Starts `ieum server` on a free port; returns it with its base URL.
-#[allow(clippy::zombie_processes, reason = "reaped by Proc's Drop")]
 fn server(data: &str) -> (Proc, String) {
+    server_on(data, "127.0.0.1:0")
+}
+
+/// Starts `ieum server` listening on `listen` (a fixed port lets a test restart it where
+/// the sidecars expect it); returns it with its base URL.
+#[allow(clippy::zombie_processes, reason = "reaped by Proc's Drop")]
+fn server_on(data: &str, listen: &str) -> (Proc, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ieum"))
-        .args(["server", "--listen", "127.0.0.1:0", "--data-dir", data])
+        .args(["server", "--listen", listen, "--data-dir", data])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -393,4 +399,358 @@ public class Caller {
     let got =
         call_through_the_mesh(&["java", source.to_str().unwrap(), "@OUT@", "@PORT@"], &out).await;
     assert_eq!(got, "200");
+}
+
+/// A sidecar process and the addresses it printed in its banner.
+struct SidecarProc {
+    _proc: Proc,
+    /// `http://IP:PORT` of the outbound listener.
+    outbound: String,
+    /// `http://IP:PORT` of the admin listener.
+    admin: String,
+}
+
+/// Starts `ieum sidecar` (no app of its own: the app is whatever listens on `app_port`)
+/// and reads its banner for the listeners' addresses.
+#[allow(clippy::zombie_processes, reason = "reaped by Proc's Drop")]
+fn sidecar_proc(
+    server: &str,
+    data: &str,
+    service: &str,
+    app_port: u16,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> SidecarProc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ieum"))
+        .args(["sidecar", "--service", service, "--app-port"])
+        .arg(app_port.to_string())
+        .args(["--server", server, "--data-dir", data, "--ttl", "3s"])
+        .args([
+            "--outbound",
+            "127.0.0.1:0",
+            "--inbound",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .env_remove("IEUM_SERVER")
+        .env_remove("IEUM_EGRESS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut outbound, mut admin, mut seen) = (None, None, Vec::new());
+    while outbound.is_none() || admin.is_none() {
+        let Some(Ok(line)) = lines.next() else {
+            panic!("`ieum sidecar` ended before its banner: {seen:#?}");
+        };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["outbound", url, ..] => outbound = Some((*url).to_owned()),
+            ["admin", url, ..] => admin = Some(url.trim_end_matches("/ready").to_owned()),
+            _ => {}
+        }
+        seen.push(line);
+    }
+    std::thread::spawn(move || for _ in lines {});
+    SidecarProc {
+        _proc: Proc(child),
+        outbound: outbound.unwrap(),
+        admin: admin.unwrap(),
+    }
+}
+
+/// A stand-in app for a sidecar whose app only needs to pass the TCP health check.
+fn tcp_app() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || for _ in listener.incoming() {});
+    port
+}
+
+/// `GET url` through the sidecar's outbound listener (as an app with `HTTP_PROXY` does);
+/// a fresh client each time, so no pooled connection hides a restart.
+async fn call_via(outbound: &str, url: &str) -> Result<(u16, String), reqwest::Error> {
+    let res = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(outbound).unwrap())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+        .get(url)
+        .send()
+        .await?;
+    let status = res.status().as_u16();
+    Ok((status, res.text().await?))
+}
+
+/// The admin `/ready` answer.
+async fn ready(admin: &str) -> (u16, String) {
+    let res = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{admin}/ready"))
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn traffic_survives_a_killed_server_and_sidecars_resync_when_it_returns() {
+    let db = TestDb::sqlite();
+    let data = db.dir().unwrap().display().to_string();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (server_proc, base) = server_on(&data, &listen);
+
+    let sidecars = tempfile::tempdir().unwrap();
+    let echo_dir = sidecars.path().join("echo").display().to_string();
+    let caller_dir = sidecars.path().join("caller").display().to_string();
+    let echo_port = free_port();
+    let _echo = Proc(run(
+        &base,
+        &echo_dir,
+        "echo",
+        echo_port,
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            &echo_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ],
+    ));
+    let echo_url = format!("{base}/v1/services/echo");
+    wait_for("echo", async || {
+        get(&echo_url).await["instances"][0]["state"] == "up"
+    })
+    .await;
+    let app_port = tcp_app();
+    let caller_args = ["--egress", "registry-only"];
+    let caller = sidecar_proc(&base, &caller_dir, "caller", app_port, &caller_args, &[]);
+    wait_for("a first call through the caller", async || {
+        matches!(
+            call_via(&caller.outbound, "http://echo/").await,
+            Ok((200, _))
+        )
+    })
+    .await;
+    // Registry-only egress: a name outside the registry is refused, and says why.
+    let (status, body) = call_via(
+        &caller.outbound,
+        &format!("http://127.0.0.1:{port}/healthz"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains(&format!("127.0.0.1:{port}")) && body.contains("--egress allow"),
+        "{body}"
+    );
+
+    // kill -9 the control plane: the data plane keeps calling on its last snapshot.
+    drop(server_proc);
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut calls = 0;
+    while tokio::time::Instant::now() < until {
+        let got = call_via(&caller.outbound, "http://echo/").await;
+        assert!(
+            matches!(got, Ok((200, _))),
+            "call {calls} after the kill: {got:?}"
+        );
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(calls >= 10, "only {calls} calls in 3 s");
+    wait_for("the caller to say degraded", async || {
+        let (code, text) = ready(&caller.admin).await;
+        assert_eq!(code, 200, "degraded is still ready: {text}");
+        text.starts_with("degraded: control plane unreachable since")
+    })
+    .await;
+
+    // A sidecar restarted while the server is down routes from its saved snapshot.
+    drop(caller);
+    let caller = sidecar_proc(&base, &caller_dir, "caller", app_port, &caller_args, &[]);
+    let (code, text) = ready(&caller.admin).await;
+    assert_eq!((code, text.starts_with("degraded")), (200, true), "{text}");
+    let got = call_via(&caller.outbound, "http://echo/").await;
+    assert!(
+        matches!(got, Ok((200, _))),
+        "the restarted sidecar calls from the saved snapshot: {got:?}"
+    );
+
+    // The server comes back on the same data and port: the sidecars reconnect, their
+    // instances are there again, and a change made now reaches the caller's data plane.
+    let (_server, base) = server_on(&data, &listen);
+    wait_for("the caller to reconnect", async || {
+        ready(&caller.admin).await == (200, "ready\n".to_owned())
+    })
+    .await;
+    let caller_url = format!("{base}/v1/services/caller");
+    wait_for("both instances up on the restarted server", async || {
+        get(&echo_url).await["instances"][0]["state"] == "up"
+            && get(&caller_url).await["instances"][0]["state"] == "up"
+    })
+    .await;
+    let fault = "apiVersion: ieum.dev/v1\nkind: FaultInjection\nmetadata: {name: echo-chaos}\nspec: {targetRef: {kind: Service, name: echo}, abort: {httpStatus: 418, percent: 100}}\n";
+    let res = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("{base}/v1/apply"))
+        .header("content-type", "application/yaml")
+        .body(fault)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    wait_for("the fault to take effect in the caller", async || {
+        matches!(
+            call_via(&caller.outbound, "http://echo/").await,
+            Ok((418, _))
+        )
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tcp_flags_pipe_bytes_between_real_sidecar_processes() {
+    use std::io::{Read, Write};
+    let db = TestDb::sqlite();
+    let data = db.dir().unwrap().display().to_string();
+    let (_server, base) = server(&data);
+    // A TCP echo server stands for the database.
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in echo.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let mut w = s;
+                let _ = std::io::copy(&mut r, &mut w);
+            });
+        }
+    });
+    let dirs = tempfile::tempdir().unwrap();
+    let dir = |n: &str| dirs.path().join(n).display().to_string();
+    let _db = sidecar_proc(
+        &base,
+        &dir("db"),
+        "db",
+        echo_port,
+        &["--app-protocol", "tcp"],
+        &[],
+    );
+    let db_url = format!("{base}/v1/services/db");
+    wait_for("db registered", async || {
+        get(&db_url).await["instances"][0]["state"] == "up"
+    })
+    .await;
+    assert_eq!(get(&db_url).await["instances"][0]["protocol"], "tcp");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let forward = format!("{listen}=db");
+    let _web = sidecar_proc(
+        &base,
+        &dir("web"),
+        "web",
+        tcp_app(),
+        &["--tcp", &forward],
+        &[],
+    );
+    let got = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(&listen).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"SELECT 1;\n").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).unwrap();
+        got
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, "SELECT 1;\n");
+}
+
+#[tokio::test]
+async fn otel_variables_make_the_sidecar_export_spans_over_otlp_http() {
+    use std::io::{Read, Write};
+    let db = TestDb::sqlite();
+    let data = db.dir().unwrap().display().to_string();
+    let (_server, base) = server(&data);
+    // One tiny HTTP server is both the collector and a destination outside the mesh.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel::<(String, Vec<u8>)>();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0; 4096];
+                loop {
+                    let n = s.read(&mut chunk).unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    if buf.len() < end + 4 + len {
+                        continue;
+                    }
+                    let line = head.lines().next().unwrap().to_owned();
+                    let _ = tx.send((line, buf[end + 4..end + 4 + len].to_vec()));
+                    buf.drain(..end + 4 + len);
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let sc = sidecar_proc(
+        &base,
+        &dir.path().display().to_string(),
+        "web",
+        tcp_app(),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_SERVICE_NAME", "storefront"),
+        ],
+    );
+    let (status, _) = call_via(&sc.outbound, &format!("http://127.0.0.1:{port}/hello"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let export = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Duration::from_secs(10);
+        loop {
+            let (line, body) = rx.recv_timeout(deadline).expect("an export within 10 s");
+            if line.starts_with("post /v1/traces ") {
+                return body;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    // Protobuf keeps strings as they are: the resource and the span's attributes.
+    let has = |s: &str| export.windows(s.len()).any(|w| w == s.as_bytes());
+    assert!(has("storefront"), "OTEL_SERVICE_NAME names the resource");
+    assert!(has("/hello") && has("http.request.method") && has("external"));
 }

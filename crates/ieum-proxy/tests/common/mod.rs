@@ -149,9 +149,38 @@ pub(crate) async fn sidecar(
         inbound_listen: any,
         admin_listen: any,
         client,
+        egress: ieum_proxy::Egress::Allow,
+        app_protocol: ieum_proxy::AppProtocol::Http,
+        tcp: Vec::new(),
+        otlp: None,
     })
     .await
     .unwrap()
+}
+
+/// Starts a sidecar with every option given by `config` (listeners on free ports).
+pub(crate) async fn sidecar_with(
+    client: Client,
+    service: &str,
+    app: SocketAddr,
+    config: impl FnOnce(&mut SidecarConfig),
+) -> Sidecar {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut c = SidecarConfig {
+        service: service.into(),
+        zone: None,
+        app_addr: app,
+        outbound_listen: any,
+        inbound_listen: any,
+        admin_listen: any,
+        client,
+        egress: ieum_proxy::Egress::Allow,
+        app_protocol: ieum_proxy::AppProtocol::Http,
+        tcp: Vec::new(),
+        otlp: None,
+    };
+    config(&mut c);
+    Sidecar::start(c).await.unwrap()
 }
 
 /// An app answering with `handler`, on a free port.

@@ -1,0 +1,7 @@
+//! One module per page: each reads what it shows from the registry, then renders it.
+
+pub(crate) mod config;
+pub(crate) mod events;
+pub(crate) mod service;
+pub(crate) mod services;
+pub(crate) mod topology;

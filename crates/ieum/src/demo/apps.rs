@@ -1,0 +1,336 @@
+//! The demo's example services, small HTTP apps that know nothing of ieum beyond the
+//! `IEUM_OUTBOUND` their sidecar gives them: they call each other by logical name
+//! (`http://stock/reserve`) through it, as any HTTP client behind a proxy would.
+//!
+//! `shopper → frontend → orders → stock, payments`. Stock is a little slow now and then;
+//! payments has regular provider outages, so breakers, retries and timelines have
+//! something to show.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context as _;
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use ieum_model::Duration;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+/// The services of the demo shop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub(crate) enum Shop {
+    /// Synthetic load: checks out at `--rate` per second.
+    Shopper,
+    /// `POST /checkout` → orders.
+    Frontend,
+    /// `POST /orders` → stock, then payments.
+    Orders,
+    /// `POST /reserve`, `POST /release`, `GET /items`.
+    Stock,
+    /// `POST /charge`, with provider outages.
+    Payments,
+}
+
+impl Shop {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Shop::Shopper => "shopper",
+            Shop::Frontend => "frontend",
+            Shop::Orders => "orders",
+            Shop::Stock => "stock",
+            Shop::Payments => "payments",
+        }
+    }
+}
+
+/// `ieum demo-app NAME --port P` (started by `ieum demo` under `ieum run`).
+#[derive(Debug, clap::Args)]
+pub(crate) struct AppArgs {
+    /// Which service to be.
+    #[arg(value_enum)]
+    service: Shop,
+    /// Port to listen on (127.0.0.1).
+    #[arg(long)]
+    port: u16,
+    /// Shopper: checkouts per second.
+    #[arg(long, default_value_t = 5.0)]
+    rate: f64,
+    /// Payments: the first provider outage starts this long after start.
+    #[arg(long, default_value = "40s")]
+    outage_after: Duration,
+    /// Payments: outages repeat this often.
+    #[arg(long, default_value = "2m")]
+    outage_every: Duration,
+    /// Payments: each outage lasts this long.
+    #[arg(long, default_value = "20s")]
+    outage_for: Duration,
+}
+
+const ITEMS: [&str; 5] = ["tea", "kettle", "mug", "teapot", "honey"];
+
+struct App {
+    /// Calls to other services, through the sidecar.
+    mesh: reqwest::Client,
+    started: Instant,
+    args: AppArgs,
+    next_id: AtomicU64,
+    stock: Mutex<HashMap<&'static str, i64>>,
+    orders: Mutex<HashMap<u64, Value>>,
+}
+
+/// Runs one demo service until it is stopped (SIGTERM from its sidecar).
+pub(crate) async fn run(args: AppArgs) -> anyhow::Result<()> {
+    let outbound = std::env::var("IEUM_OUTBOUND")
+        .context("IEUM_OUTBOUND is not set: demo apps run under `ieum run`")?;
+    let mesh = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(&outbound)?)
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?;
+    let service = args.service;
+    let port = args.port;
+    let app = Arc::new(App {
+        mesh,
+        started: Instant::now(),
+        args,
+        next_id: AtomicU64::new(1),
+        stock: Mutex::new(ITEMS.iter().map(|i| (*i, 1_000)).collect()),
+        orders: Mutex::new(HashMap::new()),
+    });
+    let router = Router::new().route("/health", get(|| async { "ok\n" }));
+    let router = match service {
+        Shop::Shopper => {
+            tokio::spawn(shop(app.clone()));
+            router
+        }
+        Shop::Frontend => router.route("/checkout", post(checkout)),
+        Shop::Orders => router
+            .route("/orders", post(place_order))
+            .route("/orders/{id}", get(get_order)),
+        Shop::Stock => router
+            .route("/reserve", post(reserve))
+            .route("/release", post(release))
+            .route("/items", get(items)),
+        Shop::Payments => router.route("/charge", post(charge)),
+    };
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        .await
+        .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
+    axum::serve(listener, router.with_state(app))
+        .with_graceful_shutdown(crate::sidecar::signal())
+        .await?;
+    Ok(())
+}
+
+type Shared = State<Arc<App>>;
+
+/// A little work, so latency has a shape.
+async fn work(min_ms: u64, max_ms: u64) {
+    let ms = rand::random_range(min_ms..=max_ms);
+    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+}
+
+fn reply(status: StatusCode, body: Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+/// Calls another service through the sidecar; answers its status and JSON body.
+async fn call(app: &App, url: &str, body: &Value) -> (StatusCode, Value) {
+    match app.mesh.post(url).json(body).send().await {
+        Ok(resp) => {
+            let status = resp.status();
+            let body = resp.json().await.unwrap_or(Value::Null);
+            (status, body)
+        }
+        Err(e) => (StatusCode::BAD_GATEWAY, json!({"error": e.to_string()})),
+    }
+}
+
+#[derive(Deserialize)]
+struct Basket {
+    item: String,
+    qty: i64,
+}
+
+async fn checkout(State(app): Shared, Json(basket): Json<Basket>) -> Response {
+    work(1, 3).await;
+    let amount = basket.qty * 7;
+    let order = json!({"item": basket.item, "qty": basket.qty, "amount": amount});
+    let (status, body) = call(&app, "http://orders/orders", &order).await;
+    reply(status, body)
+}
+
+async fn place_order(State(app): Shared, Json(basket): Json<Basket>) -> Response {
+    let line = json!({"item": basket.item, "qty": basket.qty});
+    let (status, reservation) = call(&app, "http://stock/reserve", &line).await;
+    if !status.is_success() {
+        let reason = reservation["error"].as_str().unwrap_or("stock failed");
+        return reply(status, json!({"error": format!("stock: {reason}")}));
+    }
+    let charge = json!({"amount": basket.qty * 7});
+    let (status, payment) = call(&app, "http://payments/charge", &charge).await;
+    if !status.is_success() {
+        // Give the reservation back: the order did not happen.
+        let _ = call(&app, "http://stock/release", &reservation).await;
+        let reason = payment["error"].as_str().unwrap_or("payment failed");
+        let status = if status == StatusCode::PAYMENT_REQUIRED {
+            StatusCode::PAYMENT_REQUIRED
+        } else {
+            StatusCode::BAD_GATEWAY
+        };
+        return reply(status, json!({"error": format!("payments: {reason}")}));
+    }
+    let id = app.next_id.fetch_add(1, Ordering::Relaxed);
+    let order = json!({"id": id, "item": basket.item, "qty": basket.qty, "payment": payment["id"]});
+    lock(&app.orders).insert(id, order.clone());
+    reply(StatusCode::CREATED, order)
+}
+
+async fn get_order(State(app): Shared, Path(id): Path<u64>) -> Response {
+    match lock(&app.orders).get(&id) {
+        Some(order) => reply(StatusCode::OK, order.clone()),
+        None => reply(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("no order {id}")}),
+        ),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn reserve(State(app): Shared, Json(line): Json<Basket>) -> Response {
+    work(2, 12).await;
+    let mut stock = lock(&app.stock);
+    let Some(level) = ITEMS
+        .iter()
+        .find(|i| **i == line.item)
+        .and_then(|i| stock.get_mut(i))
+    else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("unknown item {}", line.item)}),
+        );
+    };
+    if *level < line.qty {
+        // The warehouse restocks what runs out.
+        *level += 1_000;
+        return reply(
+            StatusCode::CONFLICT,
+            json!({"error": format!("{} is out of stock", line.item)}),
+        );
+    }
+    *level -= line.qty;
+    reply(
+        StatusCode::OK,
+        json!({"item": line.item, "qty": line.qty, "left": *level}),
+    )
+}
+
+async fn release(State(app): Shared, Json(line): Json<Basket>) -> Response {
+    work(1, 4).await;
+    if let Some(level) = lock(&app.stock).get_mut(line.item.as_str()) {
+        *level += line.qty;
+    }
+    reply(StatusCode::OK, json!({"released": line.qty}))
+}
+
+async fn items(State(app): Shared) -> Response {
+    let stock = lock(&app.stock);
+    reply(StatusCode::OK, json!(*stock))
+}
+
+/// Whether the payment provider is down `elapsed` after start.
+fn in_outage(
+    elapsed: std::time::Duration,
+    after: Duration,
+    every: Duration,
+    len: Duration,
+) -> bool {
+    let (after, every, len) = (after.get(), every.get(), len.get());
+    if elapsed < after || every.is_zero() {
+        return false;
+    }
+    let into = (elapsed - after).as_millis() % every.as_millis();
+    into < len.as_millis()
+}
+
+async fn charge(State(app): Shared) -> Response {
+    let a = &app.args;
+    if in_outage(
+        app.started.elapsed(),
+        a.outage_after,
+        a.outage_every,
+        a.outage_for,
+    ) {
+        work(1, 3).await;
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "payment provider unavailable"}),
+        );
+    }
+    work(5, 25).await;
+    if rand::random_range(0..100) == 0 {
+        return reply(
+            StatusCode::PAYMENT_REQUIRED,
+            json!({"error": "card declined"}),
+        );
+    }
+    let id = app.next_id.fetch_add(1, Ordering::Relaxed);
+    reply(StatusCode::OK, json!({"id": format!("pay-{id}")}))
+}
+
+/// The shopper: checks out at a steady rate and says how it went every 30 s.
+async fn shop(app: Arc<App>) {
+    let every = std::time::Duration::from_secs_f64(1.0 / app.args.rate.clamp(0.1, 1_000.0));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut last_report = Instant::now();
+    loop {
+        tick.tick().await;
+        let app = app.clone();
+        let counters = (ok.clone(), failed.clone());
+        tokio::spawn(async move {
+            let (ok, failed) = counters;
+            let item = ITEMS[rand::random_range(0..ITEMS.len())];
+            let basket = json!({"item": item, "qty": rand::random_range(1..4)});
+            let (status, _) = call(&app, "http://frontend/checkout", &basket).await;
+            if status.is_success() { ok } else { failed }.fetch_add(1, Ordering::Relaxed);
+        });
+        if last_report.elapsed() >= std::time::Duration::from_secs(30) {
+            last_report = Instant::now();
+            eprintln!(
+                "shopper: {} checkouts succeeded, {} failed",
+                ok.load(Ordering::Relaxed),
+                failed.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outages_follow_the_schedule() {
+        let d = |s: &str| s.parse::<Duration>().expect("duration");
+        let at = std::time::Duration::from_secs;
+        let (after, every, len) = (d("40s"), d("2m"), d("20s"));
+        assert!(!in_outage(at(39), after, every, len));
+        assert!(in_outage(at(40), after, every, len));
+        assert!(in_outage(at(59), after, every, len));
+        assert!(!in_outage(at(60), after, every, len));
+        assert!(in_outage(at(165), after, every, len));
+        assert!(!in_outage(at(100), after, d("0s"), len));
+    }
+}
