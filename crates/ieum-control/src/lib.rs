@@ -8,6 +8,8 @@
 //! - `extract`: strict JSON bodies, path names and query parameters whose every failure is
 //!   a coded 4xx naming the field.
 //! - [`push`]: the gRPC push stream (snapshot, then deltas, scoped to what a client calls).
+//! - `saga`: saga executions (start, read, list, counts, operator actions) and flows,
+//!   over an `ieum_saga::Coordinator` given to [`router_with`].
 //! - `config`: configuration resources (apply, read, history, delete, JSON Schemas).
 //! - `auth`: open on loopback, bearer token for writes elsewhere.
 //! - `error`: [`ApiError`], the one error shape `{"error": {code, message, field}}`.
@@ -34,6 +36,7 @@ mod error;
 mod extract;
 mod openapi;
 pub mod push;
+mod saga;
 
 pub use api::INDEX_HEADER;
 pub use auth::{Auth, Author};
@@ -51,8 +54,14 @@ pub struct AppState {
     pub shutdown: CancellationToken,
 }
 
-/// The whole HTTP app.
+/// The whole HTTP app, without a saga coordinator (saga and flow endpoints answer 503).
 pub fn router(state: AppState) -> Router {
+    router_with(state, None)
+}
+
+/// The whole HTTP app, with the saga coordinator behind `/v1/sagas` and `/v1/flows`
+/// and the UI's saga pages.
+pub fn router_with(state: AppState, sagas: Option<ieum_saga::Coordinator>) -> Router {
     let auth = state.auth.clone();
     // The push stream is gRPC on the same port: one address is all a client needs.
     let push = push::service(state.registry.clone(), state.shutdown.clone())
@@ -65,6 +74,8 @@ pub fn router(state: AppState) -> Router {
         .route_service(&push_path, push)
         // The web UI (read-only pages under /ui); the root leads to it.
         .merge(ieum_ui::router(state.registry.clone()))
+        .merge(saga::routes(sagas.clone()))
+        .merge(ieum_ui::sagas_router(sagas))
         .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))

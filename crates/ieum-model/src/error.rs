@@ -2,7 +2,8 @@
 //!
 //! Codes are stable and documented in `docs/errors.md`; messages say what to do next.
 //! Ranges: `E10xx` request shape (JSON, names, sizes), `E11xx` `Service` spec, `E12xx`
-//! instance registration and checks, `E2xxx` routes and policies.
+//! instance registration and checks, `E2xxx` routes and policies, `E30xx` the bridge's
+//! `PubSub`, `Subscription` and `Binding`.
 
 use std::fmt;
 

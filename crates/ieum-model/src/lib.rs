@@ -14,7 +14,10 @@
 //! - [`event`]: the durable event every state change produces.
 //! - [`policy`]: resilience policy types (timeouts, retries, breakers, …).
 //! - [`route`]: the `Route` resource (matches, weighted backends, filters).
+//! - [`saga`], [`flow`]: the `Saga` (steps with compensations) and `Flow` (stateless
+//!   orchestration) resources; [`template`]: their `${…}` CEL templates.
 //! - [`telemetry`]: golden signals and breaker transitions that sidecars report.
+//! - [`bridge`]: the sidecar bridge's `PubSub`, `Subscription` and `Binding` specs.
 //! - [`resource`]: the `apiVersion / kind / metadata / spec` envelope, the kinds, YAML
 //!   documents, whole-resource validation, JSON Schemas and diffs.
 //!
@@ -22,16 +25,20 @@
 //! that reports *all* problems with a code and a field path, so bad input is explained,
 //! never half-applied.
 
+pub mod bridge;
 pub mod duration;
 pub mod error;
 pub mod event;
+pub mod flow;
 pub mod instance;
 pub mod name;
 pub mod policy;
 pub mod resource;
 pub mod route;
+pub mod saga;
 pub mod service;
 pub mod telemetry;
+pub mod template;
 pub mod time;
 
 pub use duration::Duration;

@@ -8,8 +8,11 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::bridge::{BindingSpec, PubSubSpec, SubscriptionSpec};
+use crate::flow::FlowSpec;
 use crate::policy::{FaultInjectionSpec, RateLimitPolicySpec, ResiliencePolicySpec};
 use crate::route::RouteSpec;
+use crate::saga::SagaSpec;
 use crate::{Name, ServiceSpec, ValidationError, Validator};
 
 /// The API version of every resource kind in this release.
@@ -21,7 +24,8 @@ pub const API_VERSION: &str = "ieum.dev/v1";
 pub struct Resource {
     /// Always `ieum.dev/v1`.
     pub api_version: String,
-    /// `Service`, `Route`, `ResiliencePolicy`, `RateLimitPolicy` or `FaultInjection`.
+    /// `Service`, `Route`, `ResiliencePolicy`, `RateLimitPolicy`, `FaultInjection`,
+    /// `PubSub`, `Subscription`, `Binding`, `Saga` or `Flow`.
     pub kind: String,
     /// Name and labels.
     pub metadata: Metadata,
@@ -54,16 +58,31 @@ pub enum Kind {
     RateLimitPolicy,
     /// Injected delays and aborts.
     FaultInjection,
+    /// A broker connection for the sidecar bridge.
+    PubSub,
+    /// A topic delivered into a service's route.
+    Subscription,
+    /// A queue or topic of a system outside the mesh, read into or written from an app.
+    Binding,
+    /// Steps with compensations, run by the saga coordinator.
+    Saga,
+    /// A stateless orchestration answered at `POST /v1/flows/{name}`.
+    Flow,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Service,
         Kind::Route,
         Kind::ResiliencePolicy,
         Kind::RateLimitPolicy,
         Kind::FaultInjection,
+        Kind::PubSub,
+        Kind::Subscription,
+        Kind::Binding,
+        Kind::Saga,
+        Kind::Flow,
     ];
 
     /// The kind's name as written in `kind:`.
@@ -74,6 +93,11 @@ impl Kind {
             Kind::ResiliencePolicy => "ResiliencePolicy",
             Kind::RateLimitPolicy => "RateLimitPolicy",
             Kind::FaultInjection => "FaultInjection",
+            Kind::PubSub => "PubSub",
+            Kind::Subscription => "Subscription",
+            Kind::Binding => "Binding",
+            Kind::Saga => "Saga",
+            Kind::Flow => "Flow",
         }
     }
 
@@ -246,6 +270,27 @@ pub fn check(resource: &Resource) -> Result<Checked, Vec<ValidationError>> {
             s.validate(&mut v);
             (normalized(&s), Vec::new())
         }),
+        Kind::PubSub => spec_of::<PubSubSpec>(&spec).map(|s| {
+            s.validate(&mut v);
+            (normalized(&s), Vec::new())
+        }),
+        Kind::Subscription => spec_of::<SubscriptionSpec>(&spec).map(|s| {
+            s.validate(&mut v);
+            (normalized(&s), vec![s.service.clone()])
+        }),
+        Kind::Binding => spec_of::<BindingSpec>(&spec).map(|s| {
+            s.validate(&mut v);
+            let services = s.service.iter().cloned().collect();
+            (normalized(&s), services)
+        }),
+        Kind::Saga => spec_of::<SagaSpec>(&spec).map(|s| {
+            s.validate(&mut v);
+            (normalized(&s), s.services())
+        }),
+        Kind::Flow => spec_of::<FlowSpec>(&spec).map(|s| {
+            s.validate(&mut v);
+            (normalized(&s), s.services())
+        }),
     };
     let (spec, mut services) = match parsed {
         Ok(p) => p,
@@ -385,6 +430,11 @@ pub fn json_schema(kind: Kind) -> serde_json::Value {
         Kind::ResiliencePolicy => schema_of::<ResiliencePolicySpec>(),
         Kind::RateLimitPolicy => schema_of::<RateLimitPolicySpec>(),
         Kind::FaultInjection => schema_of::<FaultInjectionSpec>(),
+        Kind::PubSub => schema_of::<PubSubSpec>(),
+        Kind::Subscription => schema_of::<SubscriptionSpec>(),
+        Kind::Binding => schema_of::<BindingSpec>(),
+        Kind::Saga => schema_of::<SagaSpec>(),
+        Kind::Flow => schema_of::<FlowSpec>(),
     };
     let schema = serde_json::json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -428,6 +478,9 @@ mod tests {
             Some(Kind::ResiliencePolicy)
         );
         assert_eq!(Kind::parse("FAULTINJECTION"), Some(Kind::FaultInjection));
+        assert_eq!(Kind::parse("pubsubs"), Some(Kind::PubSub));
+        assert_eq!(Kind::parse("subscriptions"), Some(Kind::Subscription));
+        assert_eq!(Kind::parse("Binding"), Some(Kind::Binding));
         assert_eq!(Kind::parse("svc"), None);
         assert_eq!(Kind::parse("widgets"), None);
     }
@@ -487,6 +540,66 @@ spec:
         assert_eq!(
             errs[0].to_string(),
             "E2104 spec.rules[1].retry.attempts: must be at most 10 (is 11)"
+        );
+    }
+
+    #[test]
+    fn bridge_kinds_check_normalize_and_name_their_services() {
+        let text = r#"
+apiVersion: ieum.dev/v1
+kind: PubSub
+metadata: {name: bus}
+spec:
+  type: nats-jetstream
+  url: nats://127.0.0.1:4222
+  credentials: {fromEnv: NATS_TOKEN}
+---
+apiVersion: ieum.dev/v1
+kind: Subscription
+metadata: {name: billing-orders}
+spec:
+  pubsub: bus
+  topic: orders
+  service: billing
+  route: /events/orders
+  deadLetterTopic: orders-dead
+  retry: {attempts: 5, backoff: 100ms, maxBackoff: 10s}
+  maxInFlight: 32
+  orderingKey: subject
+---
+apiVersion: ieum.dev/v1
+kind: Binding
+metadata: {name: invoices}
+spec: {pubsub: bus, direction: output, topic: invoices, service: billing}
+"#;
+        let docs = parse_documents(text).unwrap();
+        let pubsub = check(&docs[0]).unwrap();
+        assert_eq!(pubsub.id(), "PubSub/bus");
+        assert_eq!(pubsub.spec["cloudEvents"]["mode"], "binary");
+        assert_eq!(pubsub.spec["credentials"]["fromEnv"], "NATS_TOKEN");
+        assert!(pubsub.services.is_empty());
+        let sub = check(&docs[1]).unwrap();
+        assert_eq!(sub.services, [Name::parse("billing").unwrap()]);
+        assert_eq!(
+            sub.spec["retry"]["codes"],
+            serde_json::json!([502, 503, 504])
+        );
+        let binding = check(&docs[2]).unwrap();
+        assert_eq!(binding.spec["format"], "raw");
+        assert_eq!(binding.services, [Name::parse("billing").unwrap()]);
+
+        let text =
+            "apiVersion: ieum.dev/v1\nkind: PubSub\nmetadata: {name: bus}\nspec: {type: kafak}\n";
+        let errs = check(&parse_documents(text).unwrap()[0]).unwrap_err();
+        assert_eq!(
+            (errs[0].code.as_str(), errs[0].field.as_str()),
+            ("E1005", "spec.type")
+        );
+        let text = "apiVersion: ieum.dev/v1\nkind: Subscription\nmetadata: {name: s}\nspec: {pubsub: bus, topic: 'a b', service: billing, route: /x}\n";
+        let errs = check(&parse_documents(text).unwrap()[0]).unwrap_err();
+        assert_eq!(
+            errs[0].to_string(),
+            "E3010 spec.topic: `a b` has ` `: use letters, digits, `.`, `_` and `-`"
         );
     }
 

@@ -18,7 +18,7 @@ use tower::util::BoxCloneSyncService;
 
 use crate::body::ProxyBody;
 use crate::metrics::RouteMetrics;
-use crate::upstream::{Clients, Upstream, authority};
+use crate::upstream::{Clients, Upstream, Wire, authority};
 
 /// The body the stack hands to endpoints.
 pub(crate) type UpBody = RetryBody<Incoming>;
@@ -120,6 +120,7 @@ fn endpoints(
                 Upstream {
                     client: upstream.clone(),
                     authority,
+                    wire: Wire::of(&e.protocol, &e.metadata),
                 },
             )
             .weight(e.weight);
@@ -135,6 +136,7 @@ fn endpoints(
             (
                 e.id.to_string(),
                 e.service.authority.to_string(),
+                e.service.wire,
                 e.weight,
                 e.zone.as_deref().map(str::to_owned),
             )
@@ -143,8 +145,8 @@ fn endpoints(
     (eps, signature)
 }
 
-/// Id, authority, weight and zone of an endpoint.
-type Signature = (String, String, u32, Option<String>);
+/// Id, authority, wire version, weight and zone of an endpoint.
+type Signature = (String, String, Wire, u32, Option<String>);
 
 /// Destinations by key.
 #[derive(Default)]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use ieum_resilience::classify::{ConnectError, REASON_HEADER, SOURCE_HEADER, classify, is_failure};
+use ieum_resilience::classify::{REASON_HEADER, SOURCE_HEADER, classify, is_failure};
 use ieum_resilience::classify::{error_response, grpc};
 use ieum_resilience::deadline::incoming_budget;
 use tokio::time::Instant;
@@ -23,7 +23,7 @@ use crate::Shared;
 use crate::access_log::Entry;
 use crate::body::{Guarded, InFlight, ProxyBody, boxed, text};
 use crate::trace::{Hop, Kind, Pending};
-use crate::upstream::{retarget, strip_hop_by_hop};
+use crate::upstream::{Wire, retarget, strip_hop_by_hop};
 
 pub(crate) async fn handle(
     shared: Arc<Shared>,
@@ -74,9 +74,7 @@ async fn forward(shared: &Shared, mut req: Request<Incoming>) -> Response<ProxyB
     retarget(&mut req, &shared.app);
     // HTTP/2 between sidecars is ours; towards the app, only gRPC needs it (and its
     // servers speak it), while every HTTP app speaks HTTP/1.1.
-    if !grpc::is_grpc(&req) {
-        *req.version_mut() = http::Version::HTTP_11;
-    }
+    *req.version_mut() = Wire::Http1.version(&req);
     let call = shared.app_client.request(req);
     let result = match budget {
         Some(b) => match tokio::time::timeout(b, call).await {
@@ -102,11 +100,7 @@ async fn forward(shared: &Shared, mut req: Request<Incoming>) -> Response<ProxyB
             res
         }
         Err(e) => {
-            let err: BoxError = if e.is_connect() {
-                ConnectError(e.into()).into()
-            } else {
-                e.into()
-            };
+            let err: BoxError = e.into_box();
             let c = classify(&err);
             tracing::debug!(error = %err, app = %shared.app_addr, "call to the app failed");
             local_error(shared, c.status, c.reason, c.source.as_str())

@@ -40,7 +40,7 @@ use crate::config::{apply_request_filters, apply_response_filters, pick_backend}
 use crate::dest::{Dest, DestKey, has_up};
 use crate::metrics::Direction;
 use crate::trace::{Hop, Kind, Pending};
-use crate::upstream::{Upstream, strip_hop_by_hop};
+use crate::upstream::{Upstream, Wire, strip_hop_by_hop};
 use crate::{Egress, Shared};
 
 /// Prefix of the path form of the sidecar's own API.
@@ -177,10 +177,13 @@ async fn egress(
     if let Some(u) = &upgrade {
         u.restore(req.headers_mut());
     }
-    let mut res = match Upstream::new(shared.app_client.clone(), authority.clone())
-        .oneshot(req)
-        .await
-    {
+    // Outside the mesh nothing says what a server speaks: HTTP/1.1, and gRPC over HTTP/2.
+    let upstream = Upstream {
+        client: shared.app_client.clone(),
+        authority: authority.clone(),
+        wire: Wire::Http1,
+    };
+    let mut res = match upstream.oneshot(req).await {
         Ok(res) => res,
         Err(e) => {
             let c = classify(&e);
@@ -247,12 +250,16 @@ async fn resolves(name: &str) -> bool {
 const DNS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn own_api(shared: &Arc<Shared>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    if crate::bridge::is_bridge_path(req.uri().path()) {
+        return crate::bridge::own_api(shared, req).await;
+    }
     let Some(rest) = req.uri().path().strip_prefix(INVOKE) else {
         return local(
             StatusCode::NOT_FOUND,
             "not-found",
             "this is the ieum sidecar: call http://SERVICE/PATH through it as an HTTP proxy, \
-             with `Host: SERVICE`, or as /v1/invoke/SERVICE/PATH\n"
+             with `Host: SERVICE`, or as /v1/invoke/SERVICE/PATH; publish events with \
+             POST /v1/publish/PUBSUB/TOPIC or POST /v1/bindings/NAME\n"
                 .to_owned(),
         );
     };

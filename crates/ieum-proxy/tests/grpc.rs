@@ -190,3 +190,69 @@ async fn a_bidirectional_stream_flows_both_ways_before_either_side_ends() {
         .unwrap();
     assert!(rest.to_bytes().is_empty());
 }
+
+#[tokio::test]
+async fn h2c_callers_reach_http1_only_services_and_a_refusing_h2_endpoint_fails_fast() {
+    let server = Server::start().await;
+    // A plain HTTP/1.1 server registered without a sidecar: it must get HTTP/1.1.
+    let plain = app(|req: Request<hyper::body::Incoming>| async move {
+        reply(200, format!("{:?}", req.version()))
+    })
+    .await;
+    server.register("plain", "plain-1", plain, None).await;
+    // A "sidecar" (it says so in its metadata) that refuses connections: HTTP/2 is kept
+    // towards sidecars, so this exercises the HTTP/2 pool's failure path.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut reg = ieum_model::InstanceRegistration::new(closed.ip().to_string(), closed.port());
+    reg.id = Some("gone-1".into());
+    reg.metadata.insert("sidecar".into(), "ieum".into());
+    reg.ttl = ieum_model::Duration::from_secs(3600);
+    server
+        .registry
+        .register(&ieum_model::Name::parse("gone").unwrap(), reg, "test")
+        .await
+        .unwrap();
+    let ca = client(&server, "web", &["plain", "gone"]);
+    until(&ca, "plain and gone", |s| {
+        s.up("plain").len() == 1 && s.up("gone").len() == 1
+    })
+    .await;
+    let a = sidecar(ca, "web", "127.0.0.1:9".parse().unwrap(), None).await;
+
+    let stream = tokio::net::TcpStream::connect(a.outbound_addr())
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let get = |host: &str| {
+        Request::get(format!("http://{host}/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let res = sender.send_request(get("plain")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        &body[..],
+        b"HTTP/1.1",
+        "an HTTP/1.1-only service gets HTTP/1.1"
+    );
+
+    let wait = std::time::Duration::from_secs(5);
+    for _ in 0..50 {
+        let res = tokio::time::timeout(wait, sender.send_request(get("gone")))
+            .await
+            .expect("a refusing endpoint answers, it does not hang")
+            .unwrap();
+        assert!(res.status().is_server_error(), "{}", res.status());
+    }
+    // The connection to the sidecar still serves other destinations.
+    let res = sender.send_request(get("plain")).await.unwrap();
+    assert_eq!(res.status(), 200);
+}

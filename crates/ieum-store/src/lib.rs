@@ -7,6 +7,8 @@
 //!   statements (`$1` placeholders, `INSERT … ON CONFLICT`, `RETURNING`), so they cannot
 //!   drift apart; only the migrations differ, one folder per dialect.
 //! - `migrations/{sqlite,postgres}`: versioned schema changes, applied on open.
+//! - [`saga`]: the saga coordinator's durable log ([`SagaLog`]), its own pool on the same
+//!   database (`synchronous = FULL` on SQLite), with lease rows for several replicas.
 //! - [`MemoryStore`]: the same contract in memory, without durability, for tests that run
 //!   with paused time and for throwaway runs.
 //!
@@ -20,11 +22,13 @@ use std::sync::Arc;
 use ieum_model::{Event, EventKind, Instance, Timestamp};
 
 mod memory;
+pub mod saga;
 mod sql;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use memory::MemoryStore;
+pub use saga::{SagaLog, SqlSagaLog, open_saga_log};
 pub use sql::{SqlStore, migrate_to};
 
 /// Why storage failed.

@@ -18,6 +18,7 @@ pub(crate) enum Nav {
     Topology,
     Config,
     Events,
+    Sagas,
     None,
 }
 
@@ -69,6 +70,7 @@ impl Page {
                         (link(Nav::Topology, "/ui/topology", "Topology"))
                         (link(Nav::Config, "/ui/config", "Configuration"))
                         (link(Nav::Events, "/ui/events", "Events"))
+                        (link(Nav::Sagas, "/ui/sagas", "Sagas"))
                         @if self.stream.is_some() {
                             span.live #live { "○ static" }
                         }

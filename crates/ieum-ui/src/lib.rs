@@ -9,7 +9,8 @@
 //!
 //! Layout:
 //! - [`router`]: the routes; handlers only parse the query and pick a page.
-//! - `pages`: one module per page (services, service, topology, configuration, events);
+//! - `pages`: one module per page (services, service, topology, configuration, events,
+//!   sagas — the last reads the saga coordinator, not the registry);
 //!   each reads its view from the [`Registry`] (memory for instances, signals and breakers;
 //!   the store for events and configuration) and renders it.
 //! - `parts`: timelines, breaker rows, signal cells and diffs shared by pages.
@@ -19,7 +20,8 @@
 //!   new for every response).
 //!
 //! **Invariant:** the UI only reads. It never fetches anything over the network while
-//! rendering (interfaces given by URL are links), and never writes to the registry.
+//! rendering (interfaces given by URL are links), and never writes to the registry. Its
+//! only forms (a saga execution's operator buttons) post to the REST API, not to `/ui`.
 
 use std::collections::BTreeMap;
 
@@ -59,6 +61,15 @@ where
         .route("/ui/events", get(events))
         .route("/ui/{*rest}", get(unknown))
         .with_state(registry)
+}
+
+/// The saga pages (`/ui/sagas`, `/ui/sagas/executions/{id}`), over the server's saga
+/// coordinator (without one they say it is not running).
+pub fn sagas_router<S>(sagas: Option<ieum_saga::Coordinator>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    pages::sagas::router(sagas)
 }
 
 async fn services(State(registry): State<Registry>) -> Response {

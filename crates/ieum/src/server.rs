@@ -36,6 +36,10 @@ pub(crate) struct ServerArgs {
     /// How long events are kept.
     #[arg(long, default_value = "30d")]
     event_retention: Duration,
+    /// How long a server's hold on a saga execution lasts without renewal; on
+    /// PostgreSQL, another replica resumes the executions of a dead one after this.
+    #[arg(long, default_value = "15s")]
+    saga_lease: Duration,
 }
 
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -92,11 +96,15 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         })?;
     let local = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let app = ieum_control::router(AppState {
-        registry: registry.clone(),
-        auth,
-        shutdown: shutdown.clone(),
-    });
+    let sagas = start_sagas(&store_url, &registry, local, &auth, args.saga_lease).await?;
+    let app = ieum_control::router_with(
+        AppState {
+            registry: registry.clone(),
+            auth,
+            shutdown: shutdown.clone(),
+        },
+        Some(sagas.clone()),
+    );
 
     banner(
         local,
@@ -114,9 +122,40 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     });
     let stop = shutdown.clone();
     ieum_control::serve(listener, app, async move { stop.cancelled().await }).await?;
+    sagas.shutdown().await;
     registry.shutdown().await;
     eprintln!("stopped");
     Ok(())
+}
+
+/// Opens the saga log on the same database and starts the coordinator, whose embedded
+/// sidecar follows this server over loopback.
+async fn start_sagas(
+    store_url: &str,
+    registry: &Registry,
+    local: SocketAddr,
+    auth: &Auth,
+    lease: Duration,
+) -> anyhow::Result<ieum_saga::Coordinator> {
+    let log = ieum_store::open_saga_log(store_url)
+        .await
+        .with_context(|| format!("cannot open the saga log in {}", redact(store_url)))?;
+    let mut own = local;
+    if own.ip().is_unspecified() {
+        own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let mut options =
+        ieum_saga::Options::new(log, registry.store().clone(), format!("http://{own}"));
+    if let Auth::Token(t) = auth {
+        options.token = Some(t.to_string());
+    }
+    if lease.is_zero() {
+        anyhow::bail!("--saga-lease must be above 0s");
+    }
+    options.lease = lease.get();
+    ieum_saga::Coordinator::start(options)
+        .await
+        .context("cannot start the saga coordinator")
 }
 
 fn banner(addr: SocketAddr, store_url: &str, backend: &str, auth: &str, dev: bool) {
@@ -127,6 +166,7 @@ fn banner(addr: SocketAddr, store_url: &str, backend: &str, auth: &str, dev: boo
     b += &format!("  API        {base}/v1\n");
     b += &format!("  OpenAPI    {base}/v1/openapi.json\n");
     b += &format!("  events     {base}/v1/events/stream (Server-Sent Events)\n");
+    b += &format!("  sagas      {base}/v1/sagas  flows {base}/v1/flows/NAME\n");
     b += &format!("  health     {base}/healthz  {base}/readyz\n");
     b += &format!("  store      {backend} {}\n", redact(store_url));
     b += &format!("  auth       {auth}\n");

@@ -67,6 +67,11 @@ pub(crate) struct SidecarArgs {
     /// Longest wait for in-flight requests when stopping.
     #[arg(long, default_value = "10s")]
     drain_grace: Duration,
+    /// Threads the proxy runs on. One (the default, like Linkerd's proxy) keeps the
+    /// sidecar cheap beside its app and avoids cross-thread hand-offs; 0 means one per
+    /// available core.
+    #[arg(long, default_value_t = 1, env = "IEUM_PROXY_THREADS")]
+    threads: usize,
     /// Destinations outside the registry: `allow` forwards them as a plain HTTP proxy
     /// (and tunnels CONNECT); `registry-only` answers 403 naming the host, so the app can
     /// only reach registered services.
@@ -99,6 +104,29 @@ pub(crate) struct RunArgs {
     /// The app's command line.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
+}
+
+impl SidecarArgs {
+    /// The runtime the sidecar runs on (`--threads`).
+    pub(crate) fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = match self.threads {
+            1 => tokio::runtime::Builder::new_current_thread(),
+            0 => tokio::runtime::Builder::new_multi_thread(),
+            n => {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(n);
+                b
+            }
+        };
+        builder.enable_all().build()
+    }
+}
+
+impl RunArgs {
+    /// The runtime the sidecar and the app's supervision run on (`--threads`).
+    pub(crate) fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        self.sidecar.runtime()
+    }
 }
 
 /// Binds `addr` if free, else the same IP with a free port (ports from the design are

@@ -2,6 +2,7 @@
 
 pub(crate) mod config;
 pub(crate) mod events;
+pub(crate) mod sagas;
 pub(crate) mod service;
 pub(crate) mod services;
 pub(crate) mod topology;
