@@ -32,7 +32,6 @@ pub(crate) async fn handle(
         "/ready" => ready(&shared),
         "/metrics" => {
             let mut text = shared.metrics.render();
-            shared.bridge.metrics.render(&mut text);
             if let Some(t) = &shared.tracer {
                 t.render(&mut text);
             }
@@ -49,7 +48,6 @@ pub(crate) async fn handle(
             body["zone"] = shared.zone.as_deref().into();
             json(&body)
         }
-        "/subscriptions" => json(&shared.bridge.to_json()),
         "/endpoints" => {
             let snapshot = shared.client.snapshot();
             json(&serde_json::json!({
@@ -62,7 +60,7 @@ pub(crate) async fn handle(
         _ => answer(
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
-            "not found: /ready, /metrics, /config, /endpoints, /subscriptions\n".into(),
+            "not found: /ready, /metrics, /config, /endpoints\n".into(),
         ),
     };
     Ok(res)
