@@ -184,6 +184,28 @@ test('which breakers are blocked: an open breaker during the payments outage', a
   await shot('breakers');
 });
 
+test('the checkout saga: executions by state, and a compensated one in reverse order', async () => {
+  // Shipping finds no courier for about one order in seven: that execution compensates.
+  await eventually('a compensated checkout', async () => {
+    await open('/ui/sagas?saga=checkout&state=compensated');
+    return (await page.locator('#executions a[href^="/ui/sagas/executions/"]').count()) > 0;
+  }, { timeoutMs: 90_000, everyMs: 2_000 });
+  await open('/ui/sagas');
+  await shot('sagas');
+  await open('/ui/sagas?saga=checkout&state=compensated');
+  await page.locator('#executions a[href^="/ui/sagas/executions/"]').first().click();
+  await page.waitForLoadState('domcontentloaded');
+  const text = await page.locator('main').innerText();
+  assert.match(text, /compensated/);
+  assert.match(text, /answered 409/, 'the failed step shows what shipping answered');
+  // Compensations run charge before reserve (reverse order of the completed steps).
+  const refund = text.indexOf('/refund');
+  const release = text.indexOf('/release');
+  assert.ok(refund >= 0 && release >= 0, 'both compensations are on the timeline');
+  assert.ok(refund < release, 'the charge is refunded before the stock is released');
+  await shot('saga');
+});
+
 test('topology and events pages render the shop', async () => {
   await open('/ui/topology');
   const topo = await page.locator('body').innerText();

@@ -32,6 +32,7 @@ pub(crate) async fn handle(
         "/ready" => ready(&shared),
         "/metrics" => {
             let mut text = shared.metrics.render();
+            shared.bridge.metrics.render(&mut text);
             if let Some(t) = &shared.tracer {
                 t.render(&mut text);
             }
@@ -48,6 +49,7 @@ pub(crate) async fn handle(
             body["zone"] = shared.zone.as_deref().into();
             json(&body)
         }
+        "/subscriptions" => json(&shared.bridge.to_json()),
         "/endpoints" => {
             let snapshot = shared.client.snapshot();
             json(&serde_json::json!({
@@ -60,7 +62,7 @@ pub(crate) async fn handle(
         _ => answer(
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
-            "not found: /ready, /metrics, /config, /endpoints\n".into(),
+            "not found: /ready, /metrics, /config, /endpoints, /subscriptions\n".into(),
         ),
     };
     Ok(res)

@@ -97,6 +97,7 @@ mod access_log;
 mod admin;
 mod body;
 mod breakers;
+mod bridge;
 mod config;
 mod dest;
 mod inbound;
@@ -121,6 +122,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use body::ProxyBody;
+pub use bridge::{BridgeOptions, BridgeStart, TopicTraffic};
 pub use metrics::{GoldenSignals, Traffic};
 pub use otlp::{OtlpConfig, OtlpProtocol};
 pub use tcp::TcpForward;
@@ -253,6 +255,8 @@ pub(crate) struct Shared {
     tracer: Option<trace::Tracer>,
     /// The opaque TCP forwards, kept in step with the snapshot.
     tcp_forwards: Vec<Arc<tcp::Forward>>,
+    /// Publish, subscriptions and bindings.
+    bridge: bridge::Bridge,
 }
 
 impl Shared {
@@ -374,9 +378,10 @@ impl Sidecar {
             }
             None => (None, None),
         };
+        let service = config.service;
         let shared = Arc::new(Shared {
             zone,
-            service: config.service,
+            service: service.clone(),
             app,
             app_addr: config.app_addr,
             config: RwLock::new(Arc::new(Config::from_snapshot(&snapshot))),
@@ -396,6 +401,7 @@ impl Sidecar {
             egress: config.egress,
             tracer,
             tcp_forwards,
+            bridge: bridge::Bridge::new(&snapshot, &service, stop.child_token()),
         });
         shared.sample_connected();
         let stop_inbound = stop.child_token();
@@ -484,6 +490,7 @@ impl Sidecar {
     pub async fn drain(&self, grace: Duration) {
         self.shared.draining.store(true, Ordering::Release);
         self.stop_inbound.cancel();
+        self.shared.bridge.stop();
         let idle = self.shared.in_flight.idle();
         if tokio::time::timeout(grace, idle).await.is_err() {
             tracing::warn!(
@@ -520,6 +527,28 @@ impl Sidecar {
         self.shared.breakers.subscribe()
     }
 
+    /// Activates subscriptions (call it once the app is healthy, before registering):
+    /// asks the app for the ones it declares (`GET /ieum/subscriptions`) when told to,
+    /// then starts those and the `Subscription`s and input `Binding`s of this service.
+    /// From then on subscriptions follow the snapshot. Wait for them with
+    /// [`Sidecar::subscriptions_ready`].
+    pub async fn start_subscriptions(&self, options: BridgeOptions) -> BridgeStart {
+        bridge::Bridge::start(&self.shared, options).await
+    }
+
+    /// Waits until every subscription is active (events published from then on reach the
+    /// app), at most `timeout`; otherwise says which are not, and why. `Ok` when there
+    /// are none.
+    pub async fn subscriptions_ready(&self, timeout: Duration) -> Result<(), String> {
+        self.shared.bridge.ready(timeout).await
+    }
+
+    /// A sample of the event counters of every `PubSub`, topic and direction; the
+    /// difference of two samples gives the rates between them.
+    pub fn topic_traffic(&self) -> Vec<TopicTraffic> {
+        self.shared.bridge.metrics.traffic()
+    }
+
     /// Stops every listener and background task.
     pub fn shutdown(&self) {
         self.stop.cancel();
@@ -539,7 +568,9 @@ async fn follow(shared: Arc<Shared>, stop: CancellationToken) {
     let mut changes = shared.client.changes();
     let mut tick = tokio::time::interval(CONNECTED_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    shared.on_snapshot(&changes.borrow_and_update().clone());
+    let first = changes.borrow_and_update().clone();
+    shared.on_snapshot(&first);
+    bridge::Bridge::on_snapshot(&shared, &first);
     loop {
         tokio::select! {
             changed = changes.changed() => {
@@ -548,6 +579,7 @@ async fn follow(shared: Arc<Shared>, stop: CancellationToken) {
                 }
                 let snapshot = changes.borrow_and_update().clone();
                 shared.on_snapshot(&snapshot);
+                bridge::Bridge::on_snapshot(&shared, &snapshot);
             }
             _ = tick.tick() => shared.sample_connected(),
             () = stop.cancelled() => break,

@@ -250,12 +250,16 @@ async fn resolves(name: &str) -> bool {
 const DNS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn own_api(shared: &Arc<Shared>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    if crate::bridge::is_bridge_path(req.uri().path()) {
+        return crate::bridge::own_api(shared, req).await;
+    }
     let Some(rest) = req.uri().path().strip_prefix(INVOKE) else {
         return local(
             StatusCode::NOT_FOUND,
             "not-found",
             "this is the ieum sidecar: call http://SERVICE/PATH through it as an HTTP proxy, \
-             with `Host: SERVICE`, or as /v1/invoke/SERVICE/PATH\n"
+             with `Host: SERVICE`, or as /v1/invoke/SERVICE/PATH; publish events with \
+             POST /v1/publish/PUBSUB/TOPIC or POST /v1/bindings/NAME\n"
                 .to_owned(),
         );
     };

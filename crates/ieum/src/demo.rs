@@ -62,10 +62,11 @@ const fn member(service: Shop, zone: &'static str, version: &'static str) -> Mem
 }
 
 /// The shop's instances, callees first; the shopper starts once the others are up.
-const FLEET: [Member; 6] = [
+const FLEET: [Member; 7] = [
     member(Shop::Stock, "zone-a", "1.0.3"),
     member(Shop::Stock, "zone-b", "1.0.3"),
     member(Shop::Payments, "zone-a", "3.2.0"),
+    member(Shop::Shipping, "zone-b", "0.9.1"),
     member(Shop::Orders, "zone-a", "2.1.0"),
     member(Shop::Orders, "zone-b", "2.1.0"),
     member(Shop::Frontend, "zone-a", "1.4.0"),
@@ -190,6 +191,7 @@ impl Supervisor {
         args.push(port.to_string());
         if m.service == Shop::Shopper {
             args.extend(["--rate".to_owned(), rate.to_string()]);
+            args.extend(["--saga-server".to_owned(), self.server.clone()]);
         }
         let exe = self.exe.display().to_string();
         // `ieum run` starts the app with the command after `--`: this binary again.
@@ -427,7 +429,10 @@ fn banner(server: &str, data: &DataDir, rate: f64) {
     let mut b = String::from("\nieum demo: a small shop, every instance under its own sidecar\n");
     b += &format!("  UI        {server}/ui\n");
     b += &format!("  API       {server}/v1\n");
-    b += "  services  shopper → frontend → orders → stock, payments (7 instances in 2 zones)\n";
+    b += "  services  shopper → frontend → orders → stock, payments; shipping (8 instances in 2 zones)\n";
+    b += &format!(
+        "  sagas     a checkout saga every 3 s (stock, payments, shipping); about one in seven\n            finds no courier and compensates: {server}/ui/sagas\n"
+    );
     b += &format!(
         "  load      {rate} checkouts/s; stock delays 5% of calls by 150 ms and fails 2% with 503;\n            payments has a 20 s provider outage every 2 min, the first 40 s from now\n"
     );

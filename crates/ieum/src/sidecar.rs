@@ -3,7 +3,9 @@
 //! heartbeats, drain and exit codes. Also where the data plane's options come from: the
 //! egress mode (`--egress`, `IEUM_EGRESS`), the app's protocol (`--app-protocol`), opaque
 //! TCP forwards (`--tcp`), and span export from the standard `OTEL_*` variables
-//! (`docs/sidecar.md`).
+//! (`docs/sidecar.md`). Event subscriptions (`docs/bridge.md`) are activated once the app
+//! is healthy, and the instance is registered only when they are all active, so nothing
+//! published after it is `up` is missed.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -13,7 +15,9 @@ use std::time::Duration as StdDuration;
 use anyhow::Context as _;
 use ieum_model::instance::Protocol;
 use ieum_model::{Duration, InstanceRegistration, Name};
-use ieum_proxy::{AppProtocol, Egress, OtlpConfig, Sidecar, SidecarConfig, TcpForward};
+use ieum_proxy::{
+    AppProtocol, BridgeOptions, Egress, OtlpConfig, Sidecar, SidecarConfig, TcpForward,
+};
 use reqwest::Method;
 
 use crate::cli::Context;
@@ -91,6 +95,10 @@ pub(crate) struct SidecarArgs {
     /// the registered port when given). Repeatable, e.g. --tcp 127.0.0.1:15432=postgres.
     #[arg(long = "tcp", value_name = "LISTEN=SERVICE[:PORT]")]
     tcp: Vec<TcpForward>,
+    /// Do not ask the app for the event subscriptions it declares (`GET
+    /// /ieum/subscriptions` once it is healthy); `Subscription` resources still apply.
+    #[arg(long)]
+    no_app_subscriptions: bool,
 }
 
 /// `ieum run … -- CMD…`.
@@ -399,8 +407,10 @@ async fn lifecycle(
     let instances = format!("/v1/services/{service}/instances");
     let me = format!("{instances}/{id}");
 
-    // 4. Wait for the app to be healthy, then register; heartbeat while it stays healthy.
+    // 4. Wait for the app to be healthy, then for its event subscriptions to be active,
+    //    then register; heartbeat while it stays healthy.
     let mut registered = false;
+    let mut subscriptions_started = false;
     let mut reported_down = false;
     let mut waiting_since = tokio::time::Instant::now();
     let every = (args.ttl.get() / 3).max(StdDuration::from_millis(200));
@@ -437,6 +447,28 @@ async fn lifecycle(
         proxy.set_app_healthy(health.is_ok());
         match (health, registered) {
             (Ok(()), false) => {
+                if !subscriptions_started {
+                    let start = proxy
+                        .start_subscriptions(BridgeOptions {
+                            consumer: id.clone(),
+                            ask_app: !args.no_app_subscriptions,
+                        })
+                        .await;
+                    for w in &start.warnings {
+                        eprintln!("subscriptions: {w}");
+                    }
+                    if start.declared_by_app > 0 {
+                        eprintln!("the app declared {} subscription(s)", start.declared_by_app);
+                    }
+                    subscriptions_started = true;
+                }
+                if let Err(why) = proxy.subscriptions_ready(StdDuration::ZERO).await {
+                    if waiting_since.elapsed() > StdDuration::from_secs(5) {
+                        eprintln!("not registering until subscriptions are active: {why}");
+                        waiting_since = tokio::time::Instant::now();
+                    }
+                    continue;
+                }
                 match api
                     .write::<serde_json::Value>(Method::POST, &instances, Some(&reg))
                     .await

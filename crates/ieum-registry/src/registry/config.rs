@@ -325,8 +325,16 @@ impl Registry {
                 store.resources(kind.as_str()).await?
             };
             for r in list {
+                let names =
+                    |field: &str| r.spec[field].as_str().is_some_and(|s| services.contains(s));
                 let relevant = match kind {
                     Kind::Service => services.contains(&r.name),
+                    // Any app may publish through any PubSub (a spec holds no secret).
+                    Kind::PubSub => true,
+                    Kind::Subscription => names("service"),
+                    // Input bindings go to their service; output bindings to the service
+                    // they name, or to every client when they name none.
+                    Kind::Binding => names("service") || r.spec["service"].is_null(),
                     Kind::Route => {
                         r.spec["service"]
                             .as_str()
@@ -392,6 +400,9 @@ impl Registry {
         if !c.services.is_empty() {
             return Ok(c.services.clone());
         }
+        if c.kind == Kind::PubSub {
+            return self.pubsub_users(c.name.as_str(), batch).await;
+        }
         let target = &c.spec["targetRef"];
         if target["kind"] != "Route" {
             return Ok(Vec::new());
@@ -413,6 +424,44 @@ impl Registry {
             .and_then(|s| s["service"].as_str().and_then(|n| Name::parse(n).ok()))
             .into_iter()
             .collect())
+    }
+}
+
+impl Registry {
+    /// The services whose `Subscription`s and `Binding`s use the PubSub `name` (from this
+    /// batch, then the store): a change of the PubSub reaches their sidecars, which
+    /// reconnect, and is recorded on their timelines.
+    async fn pubsub_users(
+        &self,
+        name: &str,
+        batch: &[Checked],
+    ) -> Result<Vec<Name>, RegistryError> {
+        let mut out: Vec<Name> = Vec::new();
+        let mut add = |spec: &serde_json::Value| {
+            if spec["pubsub"].as_str() == Some(name)
+                && let Some(s) = spec["service"].as_str().and_then(|s| Name::parse(s).ok())
+                && !out.contains(&s)
+            {
+                out.push(s);
+            }
+        };
+        for kind in [Kind::Subscription, Kind::Binding] {
+            let in_batch: BTreeSet<&str> = batch
+                .iter()
+                .filter(|r| r.kind == kind)
+                .map(|r| {
+                    add(&r.spec);
+                    r.name.as_str()
+                })
+                .collect();
+            for r in self.core.store.resources(kind.as_str()).await? {
+                if !in_batch.contains(r.name.as_str()) {
+                    add(&r.spec);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 }
 

@@ -4,7 +4,10 @@
 //!
 //! `shopper → frontend → orders → stock, payments`. Stock is a little slow now and then;
 //! payments has regular provider outages, so breakers, retries and timelines have
-//! something to show.
+//! something to show. The shopper also starts a `checkout` saga every few seconds (stock,
+//! payments, shipping through the server's coordinator); shipping sometimes finds no
+//! courier, so some executions compensate. Every step's endpoint de-duplicates on the
+//! `Idempotency-Key` the coordinator sends, as saga participants must.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -16,7 +19,7 @@ use anyhow::Context as _;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ieum_model::Duration;
@@ -35,8 +38,10 @@ pub(crate) enum Shop {
     Orders,
     /// `POST /reserve`, `POST /release`, `GET /items`.
     Stock,
-    /// `POST /charge`, with provider outages.
+    /// `POST /charge`, `POST /refund`, with provider outages.
     Payments,
+    /// `POST /ship`, `POST /cancel`; no courier for some orders.
+    Shipping,
 }
 
 impl Shop {
@@ -47,6 +52,7 @@ impl Shop {
             Shop::Orders => "orders",
             Shop::Stock => "stock",
             Shop::Payments => "payments",
+            Shop::Shipping => "shipping",
         }
     }
 }
@@ -63,6 +69,13 @@ pub(crate) struct AppArgs {
     /// Shopper: checkouts per second.
     #[arg(long, default_value_t = 5.0)]
     rate: f64,
+    /// Shopper: the ieum server whose saga coordinator runs the `checkout` saga (none: no
+    /// sagas are started).
+    #[arg(long)]
+    saga_server: Option<String>,
+    /// Shopper: seconds between two `checkout` sagas.
+    #[arg(long, default_value_t = 3.0)]
+    saga_every: f64,
     /// Payments: the first provider outage starts this long after start.
     #[arg(long, default_value = "40s")]
     outage_after: Duration,
@@ -84,6 +97,35 @@ struct App {
     next_id: AtomicU64,
     stock: Mutex<HashMap<&'static str, i64>>,
     orders: Mutex<HashMap<u64, Value>>,
+    /// Answers already given, by `Idempotency-Key` (the newest `SEEN_KEYS`).
+    seen: Mutex<Seen>,
+}
+
+/// How many answers an app remembers for de-duplication.
+const SEEN_KEYS: usize = 10_000;
+
+/// Answers by idempotency key, oldest forgotten first.
+#[derive(Default)]
+struct Seen {
+    answers: HashMap<String, (StatusCode, Value)>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Seen {
+    fn get(&self, key: &str) -> Option<(StatusCode, Value)> {
+        self.answers.get(key).cloned()
+    }
+
+    fn put(&mut self, key: String, answer: (StatusCode, Value)) {
+        if self.answers.insert(key.clone(), answer).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > SEEN_KEYS {
+            if let Some(old) = self.order.pop_front() {
+                self.answers.remove(&old);
+            }
+        }
+    }
 }
 
 /// Runs one demo service until it is stopped (SIGTERM from its sidecar).
@@ -103,11 +145,15 @@ pub(crate) async fn run(args: AppArgs) -> anyhow::Result<()> {
         next_id: AtomicU64::new(1),
         stock: Mutex::new(ITEMS.iter().map(|i| (*i, 1_000)).collect()),
         orders: Mutex::new(HashMap::new()),
+        seen: Mutex::new(Seen::default()),
     });
     let router = Router::new().route("/health", get(|| async { "ok\n" }));
     let router = match service {
         Shop::Shopper => {
             tokio::spawn(shop(app.clone()));
+            if let Some(server) = app.args.saga_server.clone() {
+                tokio::spawn(start_sagas(app.clone(), server));
+            }
             router
         }
         Shop::Frontend => router.route("/checkout", post(checkout)),
@@ -118,7 +164,12 @@ pub(crate) async fn run(args: AppArgs) -> anyhow::Result<()> {
             .route("/reserve", post(reserve))
             .route("/release", post(release))
             .route("/items", get(items)),
-        Shop::Payments => router.route("/charge", post(charge)),
+        Shop::Payments => router
+            .route("/charge", post(charge))
+            .route("/refund", post(refund)),
+        Shop::Shipping => router
+            .route("/ship", post(ship))
+            .route("/cancel", post(cancel)),
     };
     let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
         .await
@@ -139,6 +190,29 @@ async fn work(min_ms: u64, max_ms: u64) {
 
 fn reply(status: StatusCode, body: Value) -> Response {
     (status, Json(body)).into_response()
+}
+
+/// Answers a repeated `Idempotency-Key` with the first answer; otherwise runs `handle`
+/// and remembers what it answered.
+async fn once<F, Fut>(app: &App, headers: &HeaderMap, handle: F) -> Response
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = (StatusCode, Value)>,
+{
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|k| k.to_str().ok())
+        .map(str::to_owned);
+    if let Some(k) = &key
+        && let Some((status, body)) = lock(&app.seen).get(k)
+    {
+        return reply(status, body);
+    }
+    let (status, body) = handle().await;
+    if let Some(k) = key {
+        lock(&app.seen).put(k, (status, body.clone()));
+    }
+    reply(status, body)
 }
 
 /// Calls another service through the sidecar; answers its status and JSON body.
@@ -207,40 +281,46 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-async fn reserve(State(app): Shared, Json(line): Json<Basket>) -> Response {
-    work(2, 12).await;
-    let mut stock = lock(&app.stock);
-    let Some(level) = ITEMS
-        .iter()
-        .find(|i| **i == line.item)
-        .and_then(|i| stock.get_mut(i))
-    else {
-        return reply(
-            StatusCode::NOT_FOUND,
-            json!({"error": format!("unknown item {}", line.item)}),
-        );
-    };
-    if *level < line.qty {
-        // The warehouse restocks what runs out.
-        *level += 1_000;
-        return reply(
-            StatusCode::CONFLICT,
-            json!({"error": format!("{} is out of stock", line.item)}),
-        );
-    }
-    *level -= line.qty;
-    reply(
-        StatusCode::OK,
-        json!({"item": line.item, "qty": line.qty, "left": *level}),
-    )
+async fn reserve(State(app): Shared, headers: HeaderMap, Json(line): Json<Basket>) -> Response {
+    once(&app, &headers, || async {
+        work(2, 12).await;
+        let mut stock = lock(&app.stock);
+        let Some(level) = ITEMS
+            .iter()
+            .find(|i| **i == line.item)
+            .and_then(|i| stock.get_mut(i))
+        else {
+            return (
+                StatusCode::NOT_FOUND,
+                json!({"error": format!("unknown item {}", line.item)}),
+            );
+        };
+        if *level < line.qty {
+            // The warehouse restocks what runs out.
+            *level += 1_000;
+            return (
+                StatusCode::CONFLICT,
+                json!({"error": format!("{} is out of stock", line.item)}),
+            );
+        }
+        *level -= line.qty;
+        (
+            StatusCode::OK,
+            json!({"item": line.item, "qty": line.qty, "left": *level}),
+        )
+    })
+    .await
 }
 
-async fn release(State(app): Shared, Json(line): Json<Basket>) -> Response {
-    work(1, 4).await;
-    if let Some(level) = lock(&app.stock).get_mut(line.item.as_str()) {
-        *level += line.qty;
-    }
-    reply(StatusCode::OK, json!({"released": line.qty}))
+async fn release(State(app): Shared, headers: HeaderMap, Json(line): Json<Basket>) -> Response {
+    once(&app, &headers, || async {
+        work(1, 4).await;
+        if let Some(level) = lock(&app.stock).get_mut(line.item.as_str()) {
+            *level += line.qty;
+        }
+        (StatusCode::OK, json!({"released": line.qty}))
+    })
+    .await
 }
 
 async fn items(State(app): Shared) -> Response {
@@ -263,7 +343,7 @@ fn in_outage(
     into < len.as_millis()
 }
 
-async fn charge(State(app): Shared) -> Response {
+async fn charge(State(app): Shared, headers: HeaderMap) -> Response {
     let a = &app.args;
     if in_outage(
         app.started.elapsed(),
@@ -271,21 +351,101 @@ async fn charge(State(app): Shared) -> Response {
         a.outage_every,
         a.outage_for,
     ) {
+        // Nothing was charged: not remembered, so a retry with the same key is charged.
         work(1, 3).await;
         return reply(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"error": "payment provider unavailable"}),
         );
     }
-    work(5, 25).await;
-    if rand::random_range(0..100) == 0 {
-        return reply(
-            StatusCode::PAYMENT_REQUIRED,
-            json!({"error": "card declined"}),
-        );
+    once(&app, &headers, || async {
+        work(5, 25).await;
+        if rand::random_range(0..100) == 0 {
+            return (
+                StatusCode::PAYMENT_REQUIRED,
+                json!({"error": "card declined"}),
+            );
+        }
+        let id = app.next_id.fetch_add(1, Ordering::Relaxed);
+        (StatusCode::OK, json!({"id": format!("pay-{id}")}))
+    })
+    .await
+}
+
+async fn refund(State(app): Shared, headers: HeaderMap) -> Response {
+    once(&app, &headers, || async {
+        work(3, 10).await;
+        (StatusCode::OK, json!({"refunded": true}))
+    })
+    .await
+}
+
+async fn ship(State(app): Shared, headers: HeaderMap) -> Response {
+    once(&app, &headers, || async {
+        work(3, 15).await;
+        // Some addresses have no courier free: a business failure, not retried.
+        if rand::random_range(0..100) < 15 {
+            return (
+                StatusCode::CONFLICT,
+                json!({"error": "no courier is free for this address"}),
+            );
+        }
+        let id = app.next_id.fetch_add(1, Ordering::Relaxed);
+        (StatusCode::OK, json!({"id": format!("ship-{id}")}))
+    })
+    .await
+}
+
+async fn cancel(State(app): Shared, headers: HeaderMap) -> Response {
+    once(&app, &headers, || async {
+        work(1, 5).await;
+        (StatusCode::OK, json!({"cancelled": true}))
+    })
+    .await
+}
+
+/// Starts a `checkout` saga every `--saga-every` seconds, each with its own
+/// `Idempotency-Key` (`order-N`).
+async fn start_sagas(app: Arc<App>, server: String) {
+    let Ok(http) = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+    else {
+        return;
+    };
+    let every = std::time::Duration::from_secs_f64(app.args.saga_every.clamp(0.1, 3_600.0));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let url = format!(
+        "{}/v1/sagas/checkout/executions",
+        server.trim_end_matches('/')
+    );
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        n += 1;
+        let item = ITEMS[rand::random_range(0..ITEMS.len())];
+        let qty = rand::random_range(1..4);
+        let input = json!({
+            "line": {"item": item, "qty": qty},
+            "amount": qty * 7,
+            "to": format!("{} Teheran-ro, Seoul", rand::random_range(1..500)),
+        });
+        let started = http
+            .post(&url)
+            .header("idempotency-key", format!("order-{n}"))
+            .json(&input)
+            .send()
+            .await;
+        match started {
+            Ok(r) if !r.status().is_success() => {
+                eprintln!("shopper: checkout saga {n} was refused: {}", r.status());
+            }
+            Err(e) => eprintln!("shopper: could not start checkout saga {n}: {e}"),
+            Ok(_) => {}
+        }
     }
-    let id = app.next_id.fetch_add(1, Ordering::Relaxed);
-    reply(StatusCode::OK, json!({"id": format!("pay-{id}")}))
 }
 
 /// The shopper: checks out at a steady rate and says how it went every 30 s.
