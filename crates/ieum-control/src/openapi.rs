@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::{api, config};
+use crate::{api, config, saga};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -35,6 +35,12 @@ use crate::{api, config};
         config::history,
         config::delete,
         config::schema,
+        saga::start,
+        saga::execution,
+        saga::list,
+        saga::counts,
+        saga::request,
+        saga::flow,
     ),
     tags(
         (name = "services", description = "Service definitions and summaries"),
@@ -42,6 +48,7 @@ use crate::{api, config};
         (name = "events", description = "The durable event timeline and its live stream"),
         (name = "config", description = "Declarative resources: apply, history, schemas"),
         (name = "server", description = "Health and status"),
+        (name = "sagas", description = "Saga executions, operator actions and flows"),
     )
 )]
 struct ApiDoc;

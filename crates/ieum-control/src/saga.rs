@@ -21,8 +21,42 @@ use ieum_store::saga::ExecutionQuery;
 use serde_json::{Value, json};
 
 use crate::auth::Author;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{QueryParams, parse_json};
+
+/// The answer to a start that is not final yet (`202`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Started {
+    /// The execution's id.
+    id: String,
+    /// True when the `Idempotency-Key` found an execution started before.
+    existing: bool,
+    /// Where to read it.
+    href: String,
+}
+
+/// `GET /v1/sagas/executions`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ExecutionList {
+    /// Newest first.
+    executions: Vec<ieum_saga::ExecutionSummary>,
+}
+
+/// `GET /v1/sagas`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct SagaList {
+    /// Every saga defined or with executions.
+    sagas: Vec<ieum_saga::SagaCounts>,
+}
+
+/// The answer to an action on an execution (`202`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Requested {
+    /// The execution's id.
+    id: String,
+    /// `cancel`, `retry`, `skip` or `abort`.
+    requested: String,
+}
 
 /// Longest `?wait=` honoured.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -88,7 +122,15 @@ fn parse_wait(v: &str) -> Result<Duration, String> {
 
 /// `POST /v1/sagas/{name}/executions`: the body is the input; `Idempotency-Key`
 /// de-duplicates; `?wait=5s` answers with the result when it is final in time.
-async fn start(
+#[utoipa::path(post, path = "/v1/sagas/{name}/executions", tag = "sagas",
+    params(("name" = String, Path, description = "The Saga resource"),
+        ("wait" = Option<String>, Query, description = "Answer with the final execution when it ends within this long (at most 60s)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "A second start with the same key returns the first execution")),
+    request_body(content = Object, description = "The saga's input (any JSON)"),
+    responses((status = 202, body = Started, description = "Started (or found by its key); not final yet"),
+        (status = 200, body = ieum_saga::ExecutionView, description = "Final within `wait`"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn start(
     State(sagas): Sagas,
     Path(name): Path<String>,
     Extension(author): Extension<Author>,
@@ -135,19 +177,34 @@ async fn start(
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, location.clone())],
-        Json(json!({"id": started.id, "existing": started.existing, "href": location})),
+        Json(Started {
+            id: started.id,
+            existing: started.existing,
+            href: location,
+        }),
     )
         .into_response())
 }
 
 /// `GET /v1/sagas/executions/{id}`: the execution, its steps and its full log.
-async fn execution(State(sagas): Sagas, Path(id): Path<String>) -> Result<Response, ApiError> {
+#[utoipa::path(get, path = "/v1/sagas/executions/{id}", tag = "sagas",
+    params(("id" = String, Path, description = "Execution id")),
+    responses((status = 200, body = ieum_saga::ExecutionView), (status = 404, body = ErrorBody)))]
+pub(crate) async fn execution(
+    State(sagas): Sagas,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let c = coordinator(&sagas)?;
     Ok(Json(c.execution(&id).await.map_err(api_error)?).into_response())
 }
 
 /// `GET /v1/sagas/executions?saga=&state=&limit=`: newest first.
-async fn list(State(sagas): Sagas, q: QueryParams) -> Result<Response, ApiError> {
+#[utoipa::path(get, path = "/v1/sagas/executions", tag = "sagas",
+    params(("saga" = Option<String>, Query, description = "Only this saga"),
+        ("state" = Option<String>, Query, description = "running, compensating, paused, stuck, completed, compensated or aborted"),
+        ("limit" = Option<u32>, Query, description = "At most this many (1 to 10000; 100)")),
+    responses((status = 200, body = ExecutionList), (status = 400, body = ErrorBody)))]
+pub(crate) async fn list(State(sagas): Sagas, q: QueryParams) -> Result<Response, ApiError> {
     let c = coordinator(&sagas)?;
     q.only(&["saga", "state", "limit"])?;
     let state = q.parse("state", |s| {
@@ -172,13 +229,17 @@ async fn list(State(sagas): Sagas, q: QueryParams) -> Result<Response, ApiError>
         state,
         limit: limit.unwrap_or(100),
     };
-    Ok(Json(json!({"executions": c.list(&query).await.map_err(api_error)?})).into_response())
+    let executions = c.list(&query).await.map_err(api_error)?;
+    Ok(Json(ExecutionList { executions }).into_response())
 }
 
 /// `GET /v1/sagas`: every saga with its executions' counts by state.
-async fn counts(State(sagas): Sagas) -> Result<Response, ApiError> {
+#[utoipa::path(get, path = "/v1/sagas", tag = "sagas",
+    responses((status = 200, body = SagaList)))]
+pub(crate) async fn counts(State(sagas): Sagas) -> Result<Response, ApiError> {
     let c = coordinator(&sagas)?;
-    Ok(Json(json!({"sagas": c.counts().await.map_err(api_error)?})).into_response())
+    let sagas = c.counts().await.map_err(api_error)?;
+    Ok(Json(SagaList { sagas }).into_response())
 }
 
 /// Whether a browser says the form came from another site.
@@ -198,7 +259,12 @@ fn cross_site(headers: &HeaderMap) -> bool {
 
 /// `POST /v1/sagas/executions/{id}/{op}`: `cancel`, or an operator's `retry`, `skip`,
 /// `abort`; recorded with the author in the execution's log.
-async fn request(
+#[utoipa::path(post, path = "/v1/sagas/executions/{id}/{op}", tag = "sagas",
+    params(("id" = String, Path, description = "Execution id"),
+        ("op" = String, Path, description = "cancel (running or paused), retry, skip or abort (paused or stuck)")),
+    responses((status = 202, body = Requested), (status = 303, description = "From the UI's form: back to the execution's page"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn request(
     State(sagas): Sagas,
     Path((id, op)): Path<(String, String)>,
     Extension(author): Extension<Author>,
@@ -229,13 +295,23 @@ async fn request(
     }
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"id": id, "requested": op.as_str()})),
+        Json(Requested {
+            id,
+            requested: op.as_str().to_owned(),
+        }),
     )
         .into_response())
 }
 
 /// `POST /v1/flows/{name}`: runs the flow with the body as input, answers its output.
-async fn flow(
+#[utoipa::path(post, path = "/v1/flows/{name}", tag = "sagas",
+    params(("name" = String, Path, description = "The Flow resource"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context to continue")),
+    request_body(content = Object, description = "The flow's input (any JSON)"),
+    responses((status = 200, body = Object, description = "The flow's output"),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody, description = "E2952: a template or condition cannot be evaluated for this input"),
+        (status = 502, body = Object, description = "E2951: a step failed; `step` has its name, status and body")))]
+pub(crate) async fn flow(
     State(sagas): Sagas,
     Path(name): Path<String>,
     headers: HeaderMap,

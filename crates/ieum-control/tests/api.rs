@@ -644,6 +644,10 @@ async fn health_status_and_openapi() {
         "/v1/services/{name}/instances",
         "/v1/services/{name}/instances/{id}/heartbeat",
         "/v1/events/stream",
+        "/v1/sagas/{name}/executions",
+        "/v1/sagas/executions/{id}",
+        "/v1/sagas/executions/{id}/{op}",
+        "/v1/flows/{name}",
     ] {
         assert!(
             paths.contains_key(p),
@@ -652,6 +656,7 @@ async fn health_status_and_openapi() {
     }
     let schemas = doc.body["components"]["schemas"].as_object().unwrap();
     assert!(schemas.contains_key("InstanceRegistration"));
+    assert!(schemas.contains_key("ExecutionView"));
 }
 
 #[tokio::test]

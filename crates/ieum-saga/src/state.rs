@@ -93,7 +93,7 @@ impl Phase {
 }
 
 /// A step's action, as far as it went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum StepStatus {
     /// Not started.

@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::state::{CompStatus, Exec, ExecState, StepStatus};
 
 /// One execution, in a list.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionSummary {
     /// Its id.
@@ -42,7 +42,7 @@ impl From<ExecutionRow> for ExecutionSummary {
 }
 
 /// One step of an execution.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StepView {
     /// The step's name.
@@ -58,11 +58,12 @@ pub struct StepView {
     pub compensation_attempts: u32,
     /// The last answer of its action (`status`, `headers`, `body`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
 }
 
 /// One log record.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordView {
     /// Position in the log.
@@ -75,11 +76,12 @@ pub struct RecordView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
     /// Details.
+    #[schema(value_type = Object)]
     pub data: Value,
 }
 
 /// An execution with its steps and its full log.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionView {
     /// Its id.
@@ -91,6 +93,7 @@ pub struct ExecutionView {
     /// Its state.
     pub state: String,
     /// The request body.
+    #[schema(value_type = Object)]
     pub input: Value,
     /// The start's `Idempotency-Key`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -110,6 +113,7 @@ pub struct ExecutionView {
     pub steps: Vec<StepView>,
     /// The completed steps' bodies by name (when completed).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub output: Option<Value>,
     /// Every transition, oldest first.
     pub log: Vec<RecordView>,
@@ -197,7 +201,7 @@ impl ExecutionView {
 }
 
 /// Executions of one saga by state.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SagaCounts {
     /// The saga.
