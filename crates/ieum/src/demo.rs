@@ -111,7 +111,10 @@ impl Supervisor {
     fn spawn(&mut self, label: &str, args: &[String], slot: Option<usize>) -> anyhow::Result<()> {
         let log = self.dir.join("logs").join(format!("{label}.log"));
         let mut cmd = Command::new(&self.exe);
-        cmd.args(args).stdin(Stdio::null()).process_group(0);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .env(crate::EXIT_WITH_PARENT, "1")
+            .process_group(0);
         if self.verbose {
             cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
         } else {

@@ -107,6 +107,9 @@ fn main() -> ExitCode {
         format: cli.output,
     };
     let result: anyhow::Result<u8> = runtime.block_on(async move {
+        if std::env::var_os(EXIT_WITH_PARENT).is_some() {
+            tokio::spawn(stop_when_orphaned());
+        }
         let done = |r: anyhow::Result<()>| r.map(|()| 0u8);
         match cli.command {
             Command::Demo(args) => done(demo::run(args).await),
@@ -134,6 +137,29 @@ fn main() -> ExitCode {
                 .map_or(1, client::Failure::exit_code);
             eprintln!("error: {e:#}");
             ExitCode::from(code)
+        }
+    }
+}
+
+/// Set by a supervisor (`ieum demo`) on its children: a child whose supervisor dies stops
+/// itself as on SIGTERM (drain, deregister), instead of living on as an orphan.
+pub(crate) const EXIT_WITH_PARENT: &str = "IEUM_EXIT_WITH_PARENT";
+
+/// Sends this process SIGTERM once its parent is gone (it is re-parented).
+async fn stop_when_orphaned() {
+    #[cfg(unix)]
+    {
+        let parent = std::os::unix::process::parent_id();
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if std::os::unix::process::parent_id() != parent {
+                // The `kill` command keeps this free of unsafe libc calls.
+                let _ = std::process::Command::new("kill")
+                    .args(["-s", "TERM", &std::process::id().to_string()])
+                    .status();
+                return;
+            }
         }
     }
 }
