@@ -291,6 +291,57 @@ async fn resources_that_concern_the_client_are_pushed() {
 }
 
 #[tokio::test]
+async fn pubsubs_and_open_bindings_applied_later_reach_every_client() {
+    let server = Server::start(Arc::new(MemoryStore::new()), "127.0.0.1:0").await;
+    // A publish-only app: it calls nothing, no Subscription or Binding names it.
+    let client = Client::start(options(&server, &[]));
+    until(&client, "the snapshot", |s| !s.epoch.is_empty()).await;
+    let apply = |doc: &str| {
+        let checked: Vec<_> = ieum_model::resource::parse_documents(doc)
+            .unwrap()
+            .iter()
+            .map(|r| ieum_model::resource::check(r).unwrap())
+            .collect();
+        let registry = server.registry.clone();
+        async move { registry.apply(checked, "test", false).await.unwrap() }
+    };
+    // No service uses it yet: its event is on no timeline.
+    apply("apiVersion: ieum.dev/v1\nkind: PubSub\nmetadata: {name: bus}\nspec: {type: memory}\n")
+        .await;
+    until(&client, "the PubSub applied after it connected", |s| {
+        s.resources.contains_key("PubSub/bus")
+    })
+    .await;
+    // Used by billing only: its change is on billing's timeline, and still reaches orders.
+    apply("apiVersion: ieum.dev/v1\nkind: Subscription\nmetadata: {name: billing-orders}\nspec: {pubsub: bus, topic: orders, service: billing, route: /events}\n---\napiVersion: ieum.dev/v1\nkind: Binding\nmetadata: {name: invoices-out}\nspec: {pubsub: bus, direction: output, topic: invoices}\n---\napiVersion: ieum.dev/v1\nkind: Binding\nmetadata: {name: billing-only}\nspec: {pubsub: bus, direction: output, topic: invoices, service: billing}\n").await;
+    apply("apiVersion: ieum.dev/v1\nkind: PubSub\nmetadata: {name: bus}\nspec: {type: memory, redeliverAfter: 5s}\n").await;
+    let s = until(&client, "the PubSub's change and the open Binding", |s| {
+        s.resources
+            .get("PubSub/bus")
+            .is_some_and(|r| r.revision == 2)
+            && s.resources.contains_key("Binding/invoices-out")
+    })
+    .await;
+    assert!(
+        !s.resources.contains_key("Subscription/billing-orders")
+            && !s.resources.contains_key("Binding/billing-only"),
+        "what names another service stays with it: {:?}",
+        s.resources.keys()
+    );
+    server
+        .registry
+        .delete_resource(ieum_model::resource::Kind::Binding, "invoices-out", "test")
+        .await
+        .unwrap();
+    until(&client, "the open Binding's deletion", |s| {
+        !s.resources.contains_key("Binding/invoices-out")
+    })
+    .await;
+    client.shutdown().await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn the_snapshot_outlives_the_server_and_a_restart_of_the_client() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let server = Server::start(store.clone(), "127.0.0.1:0").await;

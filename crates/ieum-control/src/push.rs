@@ -118,6 +118,9 @@ struct Session {
     concerned: BTreeSet<String>,
     /// The registry's lifetime, so a client never resumes across a storage reset.
     epoch: String,
+    /// The last resource revision sent to every client (kind, name, revision): one change
+    /// of a `PubSub` is one event per service using it, and becomes one message.
+    last_for_everyone: Option<(String, String, i64)>,
 }
 
 type Tx = mpsc::Sender<Result<ServerMessage, Status>>;
@@ -135,6 +138,7 @@ impl Session {
             calls,
             concerned,
             epoch,
+            last_for_everyone: None,
         }
     }
 
@@ -265,7 +269,46 @@ impl Session {
     }
 
     /// The message an event means for this client, if any.
-    async fn delta(&self, event: &ieum_model::Event) -> Option<Result<ServerMessage, Status>> {
+    async fn delta(&mut self, event: &ieum_model::Event) -> Option<Result<ServerMessage, Status>> {
+        if event.kind == EventKind::ConfigChanged
+            && let Some(kind) = event.data["kind"].as_str()
+            && matches!(kind, "PubSub" | "Binding")
+        {
+            // Every client gets every PubSub and every Binding that names no service (see
+            // `Registry::resources_for`), whoever's timeline the change is recorded on.
+            let name = event.data["name"].as_str()?.to_owned();
+            let revision = event.data["revision"].as_i64().unwrap_or(0);
+            let kind_parsed = ieum_model::resource::Kind::parse(kind)?;
+            let current = self.registry.resource(kind_parsed, &name).await.ok();
+            let for_everyone = kind == "PubSub"
+                || match &current {
+                    Some(r) => r.spec["service"].is_null(),
+                    None => event.service.is_none(),
+                };
+            if for_everyone {
+                let key = (kind.to_owned(), name.clone(), revision);
+                if self.last_for_everyone.as_ref() == Some(&key) {
+                    return None;
+                }
+                self.last_for_everyone = Some(key);
+                let update = match current {
+                    Some(r) => resource_update(r),
+                    None => ResourceUpdate {
+                        kind: kind.to_owned(),
+                        name,
+                        revision,
+                        deleted: true,
+                        ..Default::default()
+                    },
+                };
+                return Some(Ok(ServerMessage {
+                    protocol: PROTOCOL,
+                    resources: vec![update],
+                    epoch: self.epoch.clone(),
+                    ..Default::default()
+                }));
+            }
+        }
         let service = event.service.as_deref()?;
         // Deltas carry no version (0): see `snapshot`.
         match event.kind {

@@ -1,5 +1,6 @@
-//! What sidecars report every few seconds: golden signals per destination and route, and
-//! circuit-breaker transitions (which become events on the caller's timeline).
+//! What sidecars report every few seconds: golden signals per destination and route,
+//! event counts per `PubSub` and topic, and circuit-breaker transitions (which become
+//! events on the caller's timeline).
 
 use serde::{Deserialize, Serialize};
 
@@ -9,6 +10,8 @@ use crate::{Duration, Name, Timestamp, Validator};
 pub const MAX_SIGNALS: usize = 1000;
 /// Most breaker transitions in one report.
 pub const MAX_BREAKER_CHANGES: usize = 100;
+/// Most topic lines in one report.
+pub const MAX_TOPICS: usize = 1000;
 
 /// Body of `POST /v1/services/{name}/instances/{id}/telemetry`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -22,6 +25,56 @@ pub struct TelemetryReport {
     /// Circuit-breaker transitions since the last report.
     #[serde(default)]
     pub breakers: Vec<BreakerChange>,
+    /// Events published and consumed, one line per `PubSub`, topic and direction (absent
+    /// from sidecars older than the field, hence the default).
+    #[serde(default)]
+    pub topics: Vec<TopicSignals>,
+}
+
+/// Events of one `PubSub`, topic and direction over a report's window: counts within the
+/// window, not totals, so the server adds lines without knowing a sidecar's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TopicSignals {
+    /// The `PubSub` (or `Binding`) the events went through.
+    pub pubsub: String,
+    /// The topic.
+    pub topic: String,
+    /// `publish` (the app sent events) or `consume` (events were delivered to the app).
+    pub direction: String,
+    /// Publishes the broker acknowledged.
+    #[serde(default)]
+    pub published: u64,
+    /// Deliveries the app took.
+    #[serde(default)]
+    pub delivered: u64,
+    /// Deliveries given back for another try.
+    #[serde(default)]
+    pub retried: u64,
+    /// Deliveries discarded.
+    #[serde(default)]
+    pub dropped: u64,
+    /// Deliveries sent to the dead-letter topic.
+    #[serde(default)]
+    pub dead_lettered: u64,
+    /// Publishes that failed.
+    #[serde(default)]
+    pub failed: u64,
+}
+
+/// A stored sample of topic counts: who reported it, when, and over what window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicSample {
+    /// When the server received it.
+    pub at: Timestamp,
+    /// The reporting instance.
+    pub instance: String,
+    /// The window it covers.
+    pub window: Duration,
+    /// The counts.
+    #[serde(flatten)]
+    pub topic: TopicSignals,
 }
 
 /// Golden signals of one direction, destination and route over a window.
@@ -121,6 +174,27 @@ impl TelemetryReport {
                 )
             },
         );
+        v.check(self.topics.len() <= MAX_TOPICS, "E1304", "topics", || {
+            format!("at most {MAX_TOPICS} lines (has {})", self.topics.len())
+        });
+        for (i, t) in self.topics.iter().enumerate() {
+            let f = format!("topics[{i}]");
+            v.check(
+                t.direction == "publish" || t.direction == "consume",
+                "E1304",
+                &format!("{f}.direction"),
+                || format!("`{}`: use publish or consume", t.direction),
+            );
+            v.check(
+                Name::parse(&t.pubsub).is_ok(),
+                "E1304",
+                &format!("{f}.pubsub"),
+                || format!("`{}` is not a PubSub name", t.pubsub),
+            );
+            if let Err(why) = crate::bridge::validate_topic(&t.topic) {
+                v.check(false, "E1304", &format!("{f}.topic"), || why.clone());
+            }
+        }
         for (i, s) in self.signals.iter().enumerate() {
             let f = format!("signals[{i}]");
             v.check(
@@ -196,6 +270,66 @@ mod tests {
         r.validate(&mut v);
         assert!(v.finish().is_ok());
         assert_eq!(r.signals[0].route, "default");
+        assert!(r.topics.is_empty(), "older sidecars send no topics");
+
+        let t: TelemetryReport = serde_json::from_value(serde_json::json!({
+            "window": "10s",
+            "topics": [{"pubsub": "bus", "topic": "orders.created", "direction": "consume",
+                        "delivered": 7, "retried": 2, "deadLettered": 1}]
+        }))
+        .unwrap();
+        let mut v = Validator::new("");
+        t.validate(&mut v);
+        assert!(v.finish().is_ok());
+        assert_eq!(
+            (
+                t.topics[0].delivered,
+                t.topics[0].dead_lettered,
+                t.topics[0].failed
+            ),
+            (7, 1, 0)
+        );
+        let hostile = TelemetryReport {
+            topics: vec![
+                TopicSignals {
+                    pubsub: "Bus<script>".into(),
+                    topic: "orders..created".into(),
+                    direction: "inbound".into(),
+                    ..t.topics[0].clone()
+                };
+                2
+            ],
+            ..t.clone()
+        };
+        let mut v = Validator::new("");
+        hostile.validate(&mut v);
+        let errors = v.finish().unwrap_err();
+        assert!(errors.iter().all(|e| e.code == "E1304"), "{errors:?}");
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "topics[0].direction",
+                "topics[0].pubsub",
+                "topics[0].topic",
+                "topics[1].direction",
+                "topics[1].pubsub",
+                "topics[1].topic"
+            ]
+        );
+        let many = TelemetryReport {
+            topics: vec![t.topics[0].clone(); MAX_TOPICS + 1],
+            ..t
+        };
+        let mut v = Validator::new("");
+        many.validate(&mut v);
+        let fields: Vec<String> = v
+            .finish()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(fields, ["topics"]);
 
         let bad = TelemetryReport {
             window: Duration::ZERO,
@@ -208,6 +342,7 @@ mod tests {
                 to: "open".into(),
                 ..r.breakers[0].clone()
             }],
+            topics: Vec::new(),
         };
         let mut v = Validator::new("");
         bad.validate(&mut v);

@@ -22,7 +22,7 @@ mod config;
 mod views;
 use crate::{Clock, RegistryError};
 pub use config::{Applied, Outcome};
-pub use views::{BreakerState, Bucket, Golden, Traffic};
+pub use views::{BreakerState, Bucket, Consumer, Golden, Publisher, TopicView, Traffic};
 
 /// The `kind` of the resource that defines a service.
 pub const SERVICE_KIND: &str = "Service";
@@ -144,6 +144,9 @@ pub(crate) struct Core {
     /// [`SIGNAL_RETENTION`] and [`MAX_SIGNAL_SAMPLES`] (kept in memory: they are measurements,
     /// not changes of state).
     signals: Mutex<BTreeMap<String, VecDeque<ieum_model::telemetry::SignalSample>>>,
+    /// Event counts per topic reported by sidecars, per reporting service, newest last;
+    /// bounded like `signals` (the same retention and the same most samples per service).
+    topics: Mutex<BTreeMap<String, VecDeque<ieum_model::telemetry::TopicSample>>>,
     /// Memos for read-only views (current breaker states).
     views: views::Views,
 }
@@ -520,6 +523,7 @@ impl Registry {
             tasks: Mutex::new(Vec::new()),
             config_lock: tokio::sync::Mutex::new(()),
             signals: Mutex::new(BTreeMap::new()),
+            topics: Mutex::new(BTreeMap::new()),
             views: views::Views::default(),
         });
         let registry = Registry { core };
@@ -1060,8 +1064,9 @@ impl Registry {
         Ok(result)
     }
 
-    /// Takes a sidecar's report: keeps its signals for a while, and records its breaker
-    /// transitions as `breaker.changed` events on the service's timeline.
+    /// Takes a sidecar's report: keeps its signals and topic counts for a while, and
+    /// records its breaker transitions as `breaker.changed` events on the service's
+    /// timeline.
     pub async fn report_telemetry(
         &self,
         service: &str,
@@ -1086,6 +1091,22 @@ impl Registry {
                     instance: id.to_owned(),
                     window: report.window,
                     signals: s,
+                });
+            }
+            let oldest = now.minus(SIGNAL_RETENTION);
+            while list.front().is_some_and(|s| s.at < oldest) || list.len() > MAX_SIGNAL_SAMPLES {
+                list.pop_front();
+            }
+        }
+        if !report.topics.is_empty() {
+            let mut topics = core.topics.lock().unwrap_or_else(|p| p.into_inner());
+            let list = topics.entry(service.to_owned()).or_default();
+            for t in report.topics {
+                list.push_back(ieum_model::telemetry::TopicSample {
+                    at: now,
+                    instance: id.to_owned(),
+                    window: report.window,
+                    topic: t,
                 });
             }
             let oldest = now.minus(SIGNAL_RETENTION);

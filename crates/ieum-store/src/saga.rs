@@ -382,19 +382,26 @@ impl SagaLog for SqlSagaLog {
                 .records
                 .last()
                 .map_or_else(|| Timestamp::from_millis(0), |r| r.at);
-            // The update is the fence: it touches the row only while `owner` holds it.
-            let done = sqlx::query(
+            // The update is the fence: it touches the row only while `owner` holds it. A
+            // final state lets go of the lease in the same statement, so a claim that ran
+            // between the coordinator's release and this commit cannot keep an owner on a
+            // finished execution.
+            let sql = format!(
                 "UPDATE saga_executions SET state = COALESCE($1, state), \
+                 owner = CASE WHEN $1 IS NOT NULL AND $1 NOT IN ({unfinished}) THEN NULL ELSE owner END, \
+                 lease_until = CASE WHEN $1 IS NOT NULL AND $1 NOT IN ({unfinished}) THEN 0 ELSE lease_until END, \
                  updated_at = CASE WHEN $2 > updated_at THEN $2 ELSE updated_at END \
                  WHERE id = $3 AND ($4 IS NULL OR owner = $4)",
-            )
-            .bind(b.state.clone())
-            .bind(at.as_millis())
-            .bind(b.execution.as_str())
-            .bind(b.owner.clone())
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
+                unfinished = unfinished_list()
+            );
+            let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(b.state.clone())
+                .bind(at.as_millis())
+                .bind(b.execution.as_str())
+                .bind(b.owner.clone())
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
             if done.rows_affected() == 0 {
                 out.push(Appended::Fenced);
                 continue;

@@ -80,6 +80,7 @@ async fn fleet() -> Registry {
             } else {
                 Vec::new()
             },
+            topics: Vec::new(),
         };
         r.report_telemetry(name.as_str(), &format!("svc-{n:04}-0"), report, "bench")
             .await

@@ -16,6 +16,7 @@ const SCRIPT: &str = include_str!("../assets/live.js");
 pub(crate) enum Nav {
     Services,
     Topology,
+    Topics,
     Config,
     Events,
     Sagas,
@@ -68,6 +69,7 @@ impl Page {
                         a.brand href="/ui" { "ieum" }
                         (link(Nav::Services, "/ui/services", "Services"))
                         (link(Nav::Topology, "/ui/topology", "Topology"))
+                        (link(Nav::Topics, "/ui/topics", "Topics"))
                         (link(Nav::Config, "/ui/config", "Configuration"))
                         (link(Nav::Events, "/ui/events", "Events"))
                         (link(Nav::Sagas, "/ui/sagas", "Sagas"))

@@ -9,10 +9,10 @@
 //!
 //! Layout:
 //! - [`router`]: the routes; handlers only parse the query and pick a page.
-//! - `pages`: one module per page (services, service, topology, configuration, events,
-//!   sagas — the last reads the saga coordinator, not the registry);
-//!   each reads its view from the [`Registry`] (memory for instances, signals and breakers;
-//!   the store for events and configuration) and renders it.
+//! - `pages`: one module per page (services, service, topology, topics, configuration,
+//!   events, sagas — the last reads the saga coordinator, not the registry);
+//!   each reads its view from the [`Registry`] (memory for instances, signals, topic
+//!   counts and breakers; the store for events and configuration) and renders it.
 //! - `parts`: timelines, breaker rows, signal cells and diffs shared by pages.
 //! - `interfaces`: OpenAPI, gRPC (`.proto`) and AsyncAPI definitions read into lists.
 //! - `format`: durations (`3h 12m`), relative times (absolute in `title`), numbers.
@@ -41,7 +41,8 @@ mod parts;
 type Params = Query<BTreeMap<String, String>>;
 
 /// The UI's routes (`/ui`, `/ui/services`, `/ui/services/{name}`, `/ui/topology`,
-/// `/ui/config`, `/ui/config/{kind}/{name}`, `/ui/events`), for any outer router state.
+/// `/ui/topics`, `/ui/topics/{pubsub}/{topic}`, `/ui/config`, `/ui/config/{kind}/{name}`,
+/// `/ui/events`), for any outer router state.
 pub fn router<S>(registry: Registry) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
@@ -56,6 +57,8 @@ where
         )
         .route("/ui/services/{name}", get(service))
         .route("/ui/topology", get(topology))
+        .route("/ui/topics", get(topics))
+        .route("/ui/topics/{pubsub}/{topic}", get(topic))
         .route("/ui/config", get(config))
         .route("/ui/config/{kind}/{name}", get(resource))
         .route("/ui/events", get(events))
@@ -88,6 +91,17 @@ async fn service(
 
 async fn topology(State(registry): State<Registry>) -> Response {
     pages::topology::page(&registry).into_response()
+}
+
+async fn topics(State(registry): State<Registry>) -> Response {
+    pages::topics::list(&registry).into_response()
+}
+
+async fn topic(
+    State(registry): State<Registry>,
+    Path((pubsub, topic)): Path<(String, String)>,
+) -> Response {
+    pages::topics::page(&registry, &pubsub, &topic).into_response()
 }
 
 async fn config(State(registry): State<Registry>) -> Response {

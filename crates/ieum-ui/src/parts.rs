@@ -19,6 +19,17 @@ pub(crate) fn service_link(name: &str) -> Markup {
     html! { a href=(service_href(name)) { (name) } }
 }
 
+/// The URL of a topic's page. `PubSub` names and topics reported by sidecars are checked
+/// (DNS-1123 names; letters, digits, `.`, `_`, `-`), so they need no escaping in a path.
+pub(crate) fn topic_href(pubsub: &str, topic: &str) -> String {
+    format!("/ui/topics/{pubsub}/{topic}")
+}
+
+/// A link to a topic's page, reading `pubsub/topic`.
+pub(crate) fn topic_link(pubsub: &str, topic: &str) -> Markup {
+    html! { a.mono href=(topic_href(pubsub, topic)) { (pubsub) "/" (topic) } }
+}
+
 /// Kinds of events parsed from a `kind=a,b` query value (unknown ones are dropped, and
 /// returned apart so the page can say so).
 pub(crate) fn parse_kinds(value: Option<&str>) -> (Vec<EventKind>, Vec<String>) {

@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use ieum_model::service::{Interface, InterfaceKind, Sla};
-use ieum_model::telemetry::{BreakerChange, Signals, TelemetryReport};
+use ieum_model::telemetry::{BreakerChange, Signals, TelemetryReport, TopicSignals};
 use ieum_model::{Duration, InstanceRegistration, Name, ServiceSpec, Timestamp};
 use ieum_registry::{Options, Registry, TokioClock};
 use ieum_store::MemoryStore;
@@ -173,6 +173,7 @@ async fn shop() -> Registry {
             reason: "5 consecutive failures".into(),
             coalesced: 0,
         }],
+        topics: Vec::new(),
     };
     r.report_telemetry("orders", "orders-1", report, "sidecar")
         .await
@@ -566,6 +567,7 @@ async fn breakers_close_and_leave_with_their_caller() {
             reason: "probes passed".into(),
             coalesced: 2,
         }],
+        topics: Vec::new(),
     };
     r.report_telemetry("orders", "orders-2", report("probing"), "sidecar")
         .await
@@ -588,4 +590,205 @@ async fn breakers_close_and_leave_with_their_caller() {
     r.deregister("orders", "orders-2", "local").await.unwrap();
     let (_, html) = get(&app, "/ui/services/stock").await;
     assert_eq!(elements(&html, "breaker").len(), 2);
+}
+
+fn topic_line(direction: &str, counts: [u64; 6]) -> TopicSignals {
+    let [
+        published,
+        failed,
+        delivered,
+        retried,
+        dropped,
+        dead_lettered,
+    ] = counts;
+    TopicSignals {
+        pubsub: "bus".into(),
+        topic: "orders.created".into(),
+        direction: direction.into(),
+        published,
+        delivered,
+        retried,
+        dropped,
+        dead_lettered,
+        failed,
+    }
+}
+
+/// `orders` publishes to `bus/orders.created` (two 10 s reports: 50 + 30 acknowledged, 2
+/// failed), `billing` consumes it (40 delivered, 3 retried, 1 dropped, 2 dead-lettered).
+async fn events_shop() -> Registry {
+    let r = registry().await;
+    r.register(&name("orders"), reg("orders-1", "eu-1a", "v1"), "local")
+        .await
+        .unwrap();
+    r.register(&name("billing"), reg("billing-1", "eu-1a", "v1"), "local")
+        .await
+        .unwrap();
+    let report = |topics| TelemetryReport {
+        window: Duration::from_secs(10),
+        signals: Vec::new(),
+        breakers: Vec::new(),
+        topics,
+    };
+    for (published, failed) in [(50, 2), (30, 0)] {
+        r.report_telemetry(
+            "orders",
+            "orders-1",
+            report(vec![topic_line("publish", [published, failed, 0, 0, 0, 0])]),
+            "sidecar",
+        )
+        .await
+        .unwrap();
+        tokio::time::advance(std::time::Duration::from_secs(10)).await;
+    }
+    r.report_telemetry(
+        "billing",
+        "billing-1",
+        report(vec![topic_line("consume", [0, 0, 40, 3, 1, 2])]),
+        "sidecar",
+    )
+    .await
+    .unwrap();
+    r
+}
+
+#[tokio::test(start_paused = true)]
+async fn topic_page_lists_publishers_and_consumers_with_their_counts() {
+    let r = events_shop().await;
+    let app = app(&r);
+    let (status, html) = get(&app, "/ui/topics/bus/orders.created").await;
+    assert_eq!(status, StatusCode::OK);
+    let publishers = elements(&html, "publisher");
+    assert_eq!(publishers.len(), 1, "{publishers:#?}");
+    let p = publishers[0];
+    assert!(p.contains("data-service=\"orders\""), "{p}");
+    // 80 events over two 10 s windows: 4.0/s.
+    assert!(p.contains(">4.0<") && p.contains(">80<"), "{p}");
+    assert!(p.contains(">2<"), "failed publishes: {p}");
+    let consumers = elements(&html, "consumer");
+    assert_eq!(consumers.len(), 1, "{consumers:#?}");
+    let c = consumers[0];
+    assert!(c.contains("data-service=\"billing\""), "{c}");
+    assert!(c.contains(">4.0<") && c.contains(">40<"), "{c}");
+    for (what, n) in [("retried", 3), ("dropped", 1), ("dead-lettered", 2)] {
+        let cell = elements(c, what);
+        assert!(cell[0].contains(&format!(">{n}<")), "{what}: {}", cell[0]);
+    }
+
+    // The list, the nav link, and each service's side of it.
+    let (_, html) = get(&app, "/ui/topics").await;
+    assert!(html.contains("href=\"/ui/topics\""), "nav link");
+    let rows = elements(&html, "topic");
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].contains("href=\"/ui/topics/bus/orders.created\""));
+    assert!(
+        rows[0].contains(">8<"),
+        "2 + 3 + 1 + 2 failures: {}",
+        rows[0]
+    );
+    let (_, html) = get(&app, "/ui/services/orders").await;
+    let mine = elements(&html, "service-topic");
+    assert_eq!(mine.len(), 1);
+    assert!(mine[0].contains("data-role=\"publishes\"") && mine[0].contains(">80<"));
+    let (_, html) = get(&app, "/ui/services/billing").await;
+    let mine = elements(&html, "service-topic");
+    assert!(mine[0].contains("data-role=\"consumes\"") && mine[0].contains(">40<"));
+
+    // Past the span, the topic is gone.
+    tokio::time::advance(std::time::Duration::from_secs(700)).await;
+    let (status, _) = get(&app, "/ui/topics/bus/orders.created").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(start_paused = true)]
+async fn topology_puts_topics_between_publishers_and_consumers() {
+    let r = events_shop().await;
+    let app = app(&r);
+    let (_, html) = get(&app, "/ui/topology").await;
+    let nodes = elements(&html, "topic-node");
+    assert_eq!(nodes.len(), 1, "{html}");
+    assert!(nodes[0].contains("data-topic=\"bus/orders.created\""));
+    assert!(nodes[0].contains("href=\"/ui/topics/bus/orders.created\""));
+    let edges: Vec<(String, String)> = elements(&html, "topic-edge")
+        .iter()
+        .map(|e| {
+            let attr = |k: &str| {
+                let start = e.find(&format!("{k}=\"")).unwrap() + k.len() + 2;
+                e[start..start + e[start..].find('"').unwrap()].to_owned()
+            };
+            (attr("data-from"), attr("data-to"))
+        })
+        .collect();
+    assert_eq!(
+        edges,
+        [
+            ("orders".to_owned(), "bus/orders.created".to_owned()),
+            ("bus/orders.created".to_owned(), "billing".to_owned())
+        ]
+    );
+    // Columns: publisher, topic, consumer from left to right.
+    let x = |marker: &str| -> f64 {
+        let i = html.find(marker).unwrap();
+        let at = i + html[i..].find("<rect x=\"").unwrap() + 9;
+        html[at..at + html[at..].find('"').unwrap()]
+            .parse()
+            .unwrap()
+    };
+    let (publisher, topic, consumer) = (
+        x("href=\"/ui/services/orders\"><rect"),
+        x("data-topic=\"bus/orders.created\""),
+        x("href=\"/ui/services/billing\"><rect"),
+    );
+    assert!(
+        publisher < topic && topic < consumer,
+        "{publisher} {topic} {consumer}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn hostile_topic_names_are_refused_and_escaped() {
+    let r = events_shop().await;
+    let mut line = topic_line("publish", [1, 0, 0, 0, 0, 0]);
+    line.pubsub = "<script>alert(1)</script>".into();
+    line.topic = "\"><img src=x>".into();
+    let err = r
+        .report_telemetry(
+            "orders",
+            "orders-1",
+            TelemetryReport {
+                window: Duration::from_secs(10),
+                signals: Vec::new(),
+                breakers: Vec::new(),
+                topics: vec![line],
+            },
+            "sidecar",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("E1304") || format!("{err:?}").contains("E1304"),
+        "{err:?}"
+    );
+    let app = app(&r);
+    let (status, html) = get(
+        &app,
+        "/ui/topics/%3Cscript%3Ealert(1)%3C%2Fscript%3E/%22%3E%3Cimg%20src=x%3E",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        html.matches("<script").count(),
+        1,
+        "only the page's own script"
+    );
+    assert!(!html.contains("<img src=x"));
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{html}"
+    );
+    let (_, html) = get(&app, "/ui/topics").await;
+    assert!(
+        !html.contains("alert(1)"),
+        "the refused report left nothing"
+    );
 }

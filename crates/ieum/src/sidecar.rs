@@ -591,6 +591,9 @@ async fn lifecycle(
 /// Turns the data plane's counters and breaker transitions into telemetry reports.
 struct Reporter {
     previous: std::collections::HashMap<(&'static str, String, String), ieum_proxy::Traffic>,
+    /// The last sample of each topic line's cumulative counts, to send differences.
+    previous_topics:
+        std::collections::HashMap<(String, String, &'static str), ieum_proxy::TopicTraffic>,
     breakers: tokio::sync::broadcast::Receiver<ieum_resilience::breaker::reporter::Report>,
 }
 
@@ -598,6 +601,7 @@ impl Reporter {
     fn new(proxy: &Sidecar) -> Self {
         Reporter {
             previous: Default::default(),
+            previous_topics: Default::default(),
             breakers: proxy.breaker_reports(),
         }
     }
@@ -623,6 +627,7 @@ impl Reporter {
             }
             self.previous.insert(key, t);
         }
+        let topics = self.topic_lines(proxy.topic_traffic());
         let mut breakers = Vec::new();
         while let Ok(r) = self.breakers.try_recv() {
             let t = r.transition;
@@ -637,13 +642,14 @@ impl Reporter {
         }
         signals.truncate(ieum_model::telemetry::MAX_SIGNALS);
         breakers.truncate(ieum_model::telemetry::MAX_BREAKER_CHANGES);
-        if signals.is_empty() && breakers.is_empty() {
+        if signals.is_empty() && breakers.is_empty() && topics.is_empty() {
             return;
         }
         let report = ieum_model::telemetry::TelemetryReport {
             window,
             signals,
             breakers,
+            topics,
         };
         if let Err(e) = api
             .write::<serde_json::Value>(Method::POST, path, Some(&report))
@@ -651,6 +657,52 @@ impl Reporter {
         {
             tracing::debug!(error = %e, "could not report telemetry");
         }
+    }
+}
+
+impl Reporter {
+    /// The counts of each topic line since the previous sample (lines without any are
+    /// left out), remembering this sample for the next.
+    fn topic_lines(
+        &mut self,
+        sample: Vec<ieum_proxy::TopicTraffic>,
+    ) -> Vec<ieum_model::telemetry::TopicSignals> {
+        let mut lines = Vec::new();
+        for t in sample {
+            let key = (t.pubsub.clone(), t.topic.clone(), t.direction);
+            let before = self.previous_topics.get(&key);
+            let since =
+                |f: fn(&ieum_proxy::TopicTraffic) -> u64| f(&t).saturating_sub(before.map_or(0, f));
+            let line = ieum_model::telemetry::TopicSignals {
+                pubsub: t.pubsub.clone(),
+                topic: t.topic.clone(),
+                // The data plane says outbound/inbound; reports say what the app did.
+                direction: if t.direction == "outbound" {
+                    "publish"
+                } else {
+                    "consume"
+                }
+                .to_owned(),
+                published: since(|t| t.published),
+                delivered: since(|t| t.delivered),
+                retried: since(|t| t.retried),
+                dropped: since(|t| t.dropped),
+                dead_lettered: since(|t| t.dead_lettered),
+                failed: since(|t| t.publish_failed),
+            };
+            let any = line.published
+                + line.delivered
+                + line.retried
+                + line.dropped
+                + line.dead_lettered
+                + line.failed
+                > 0;
+            if any && lines.len() < ieum_model::telemetry::MAX_TOPICS {
+                lines.push(line);
+            }
+            self.previous_topics.insert(key, t);
+        }
+        lines
     }
 }
 
@@ -697,6 +749,69 @@ mod tests {
             .map(|(k, _)| k)
             .collect();
         assert_eq!(bare, ["IEUM_OUTBOUND", "IEUM_SERVICE"]);
+    }
+
+    #[test]
+    fn topic_reports_carry_differences_of_the_counters() {
+        let mut reporter = Reporter {
+            previous: Default::default(),
+            previous_topics: Default::default(),
+            breakers: tokio::sync::broadcast::channel(1).1,
+        };
+        let sample = |published, failed, delivered, dead_lettered| {
+            vec![
+                ieum_proxy::TopicTraffic {
+                    pubsub: "bus".into(),
+                    topic: "orders".into(),
+                    direction: "outbound",
+                    published,
+                    publish_failed: failed,
+                    delivered: 0,
+                    retried: 0,
+                    dropped: 0,
+                    dead_lettered: 0,
+                },
+                ieum_proxy::TopicTraffic {
+                    pubsub: "bus".into(),
+                    topic: "orders".into(),
+                    direction: "inbound",
+                    published: 0,
+                    publish_failed: 0,
+                    delivered,
+                    retried: 0,
+                    dropped: 0,
+                    dead_lettered,
+                },
+            ]
+        };
+        let first = reporter.topic_lines(sample(10, 1, 4, 0));
+        assert_eq!(first.len(), 2);
+        assert_eq!(
+            (
+                first[0].direction.as_str(),
+                first[0].published,
+                first[0].failed
+            ),
+            ("publish", 10, 1)
+        );
+        assert_eq!(
+            (first[1].direction.as_str(), first[1].delivered),
+            ("consume", 4)
+        );
+        // Only what happened since: 5 more publishes; nothing new delivered, so that line
+        // is left out.
+        let second = reporter.topic_lines(sample(15, 1, 4, 0));
+        assert_eq!(second.len(), 1, "{second:?}");
+        assert_eq!((second[0].published, second[0].failed), (5, 0));
+        let third = reporter.topic_lines(sample(15, 1, 6, 2));
+        assert_eq!(
+            (
+                third[0].direction.as_str(),
+                third[0].delivered,
+                third[0].dead_lettered
+            ),
+            ("consume", 2, 2)
+        );
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! Read-only views for people (the web UI): the current state of every circuit breaker
-//! sidecars reported, and golden signals summed per service, per call edge and per time
-//! bucket.
+//! sidecars reported, golden signals summed per service, per call edge and per time
+//! bucket, and events per topic with who publishes and who consumes.
 //!
 //! Nothing here changes the registry's behaviour: breaker states are a memo of the
-//! transitions `report_telemetry` already turns into events, and the signal summaries read
-//! the samples it keeps.
+//! transitions `report_telemetry` already turns into events, and the signal and topic
+//! summaries read the samples it keeps.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -351,6 +351,129 @@ impl Registry {
         st.services
             .iter()
             .filter_map(|(name, s)| s.spec.sla.clone().map(|sla| (name.clone(), sla)))
+            .collect()
+    }
+}
+
+/// One service publishing to a topic, summed over its instances.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Publisher {
+    /// The publishing service.
+    pub service: String,
+    /// Publishes the broker acknowledged.
+    pub published: u64,
+    /// Acknowledged publishes per second (each instance's count over the windows it
+    /// reported, summed, as for [`Golden::requests_per_second`]).
+    pub per_second: f64,
+    /// Publishes that failed.
+    pub failed: u64,
+}
+
+/// One service consuming a topic, summed over its instances.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Consumer {
+    /// The consuming service.
+    pub service: String,
+    /// Deliveries the app took.
+    pub delivered: u64,
+    /// Deliveries taken per second (summed over instances like [`Publisher::per_second`]).
+    pub per_second: f64,
+    /// Deliveries given back for another try.
+    pub retried: u64,
+    /// Deliveries discarded.
+    pub dropped: u64,
+    /// Deliveries sent to the dead-letter topic.
+    pub dead_lettered: u64,
+}
+
+/// Who publishes to and who consumes one topic of one `PubSub`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TopicView {
+    /// The `PubSub` (or `Binding`).
+    pub pubsub: String,
+    /// The topic.
+    pub topic: String,
+    /// Publishing services, by name.
+    pub publishers: Vec<Publisher>,
+    /// Consuming services, by name.
+    pub consumers: Vec<Consumer>,
+}
+
+impl TopicView {
+    /// Failed publishes, retries, drops and dead letters together.
+    pub fn failures(&self) -> u64 {
+        self.publishers.iter().map(|p| p.failed).sum::<u64>()
+            + self
+                .consumers
+                .iter()
+                .map(|c| c.retried + c.dropped + c.dead_lettered)
+                .sum::<u64>()
+    }
+}
+
+impl Registry {
+    /// Every topic with events reported since `since`, by `PubSub` and topic, with its
+    /// publishers and consumers.
+    pub fn topics(&self, since: Timestamp) -> Vec<TopicView> {
+        // (pubsub, topic) → (service → publisher, service → consumer)
+        type Sides = (BTreeMap<String, Publisher>, BTreeMap<String, Consumer>);
+        let mut out: BTreeMap<(String, String), Sides> = BTreeMap::new();
+        {
+            let topics = self.core.topics.lock().unwrap_or_else(|p| p.into_inner());
+            for (service, samples) in topics.iter() {
+                // Events and seconds reported per (instance, pubsub, topic, direction).
+                let mut lines: BTreeMap<(&str, &str, &str, &str), (u64, f64)> = BTreeMap::new();
+                for s in samples.iter().rev().take_while(|s| s.at >= since) {
+                    let t = &s.topic;
+                    let key = (t.pubsub.clone(), t.topic.clone());
+                    let sides = out.entry(key).or_default();
+                    let counted = if t.direction == "publish" {
+                        let p = sides.0.entry(service.clone()).or_default();
+                        p.published += t.published;
+                        p.failed += t.failed;
+                        t.published
+                    } else {
+                        let c = sides.1.entry(service.clone()).or_default();
+                        c.delivered += t.delivered;
+                        c.retried += t.retried;
+                        c.dropped += t.dropped;
+                        c.dead_lettered += t.dead_lettered;
+                        t.delivered
+                    };
+                    let line = lines
+                        .entry((&s.instance, &t.pubsub, &t.topic, &t.direction))
+                        .or_default();
+                    line.0 += counted;
+                    line.1 += s.window.get().as_secs_f64();
+                }
+                for ((_, pubsub, topic, direction), (n, secs)) in lines {
+                    let rate = n as f64 / secs.max(1.0);
+                    let sides = out
+                        .get_mut(&(pubsub.to_owned(), topic.to_owned()))
+                        .expect("every line's topic was added above");
+                    if direction == "publish" {
+                        if let Some(p) = sides.0.get_mut(service) {
+                            p.per_second += rate;
+                        }
+                    } else if let Some(c) = sides.1.get_mut(service) {
+                        c.per_second += rate;
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|((pubsub, topic), (publishers, consumers))| TopicView {
+                pubsub,
+                topic,
+                publishers: publishers
+                    .into_iter()
+                    .map(|(service, p)| Publisher { service, ..p })
+                    .collect(),
+                consumers: consumers
+                    .into_iter()
+                    .map(|(service, c)| Consumer { service, ..c })
+                    .collect(),
+            })
             .collect()
     }
 }

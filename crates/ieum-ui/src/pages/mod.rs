@@ -5,4 +5,5 @@ pub(crate) mod events;
 pub(crate) mod sagas;
 pub(crate) mod service;
 pub(crate) mod services;
+pub(crate) mod topics;
 pub(crate) mod topology;

@@ -1,13 +1,13 @@
 //! `/ui/services/{name}`: one service: its instances, circuit breakers, callers and
-//! callees with golden signals, SLA over the last hour, interfaces, the configuration that
-//! applies with its history, and its timeline.
+//! callees with golden signals, the topics it publishes to and consumes, SLA over the last
+//! hour, interfaces, the configuration that applies with its history, and its timeline.
 
 use std::collections::BTreeSet;
 
 use ieum_model::resource::Kind;
 use ieum_model::{Duration, Event, EventKind, Instance, ServiceView, Timestamp};
 use ieum_registry::Registry;
-use ieum_registry::registry::{BreakerState, Bucket, Golden};
+use ieum_registry::registry::{BreakerState, Bucket, Golden, TopicView};
 use ieum_store::{EventQuery, Revision, StoredResource};
 use maud::{Markup, html};
 
@@ -15,6 +15,7 @@ use crate::format::{self, NONE};
 use crate::interfaces::{self, Parsed};
 use crate::layout::{self, Nav, Page};
 use crate::pages::services::{RECENT, SLA_SPAN, counts_badge, observed_text, sla_status, sla_text};
+use crate::pages::topics;
 use crate::parts;
 
 /// Events shown on a timeline.
@@ -32,6 +33,8 @@ struct View {
     callers: Vec<(String, Golden)>,
     callees: Vec<(String, Golden)>,
     served: Option<Golden>,
+    /// Topics the service publishes to or consumes, over [`topics::SPAN`].
+    topics: Vec<TopicView>,
     buckets: Vec<Bucket>,
     config: Vec<(StoredResource, Vec<Revision>)>,
 }
@@ -84,6 +87,14 @@ pub(crate) async fn page(registry: &Registry, name: &str, kind: Option<&str>) ->
             .map(|((_, to), g)| (to.clone(), *g))
             .collect(),
         served: traffic.served.get(name).copied(),
+        topics: registry
+            .topics(now.minus(topics::SPAN))
+            .into_iter()
+            .filter(|t| {
+                t.publishers.iter().any(|p| p.service == name)
+                    || t.consumers.iter().any(|c| c.service == name)
+            })
+            .collect(),
         buckets: registry.signal_buckets(name, aligned(now.minus(SLA_SPAN)), STEP),
         config,
         service,
@@ -143,6 +154,7 @@ fn render(v: &View) -> Markup {
         (instances(v))
         (breakers(v))
         (traffic(v))
+        (events(v))
         (sla(v))
         (interfaces_section(v))
         (config(v))
@@ -289,6 +301,45 @@ fn traffic(v: &View) -> Markup {
             }
             (edge_table("Callers", &v.callers, &as_callee))
             (edge_table("Callees", &v.callees, &as_caller))
+        }
+    }
+}
+
+/// The topics the service publishes to and consumes, with its own counts.
+fn events(v: &View) -> Markup {
+    let name = v.service.name.as_str();
+    html! {
+        h2 { "Events" }
+        section #topics data-live {
+            @if v.topics.is_empty() {
+                p.muted { "No events published or consumed in the last " (topics::SPAN) "." }
+            } @else {
+                table data-testid="service-topics" {
+                    thead { tr { th { "Topic" } th { "Role" } th.num { "per second" } th.num { "events" } th.num { "failures" } } }
+                    tbody {
+                        @for t in &v.topics {
+                            @for p in t.publishers.iter().filter(|p| p.service == name) {
+                                tr data-testid="service-topic" data-role="publishes" {
+                                    td { (parts::topic_link(&t.pubsub, &t.topic)) }
+                                    td { "publishes" }
+                                    td.num { (format::rate(p.per_second)) }
+                                    td.num { (p.published) }
+                                    td.num { (p.failed) " failed" }
+                                }
+                            }
+                            @for c in t.consumers.iter().filter(|c| c.service == name) {
+                                tr data-testid="service-topic" data-role="consumes" {
+                                    td { (parts::topic_link(&t.pubsub, &t.topic)) }
+                                    td { "consumes" }
+                                    td.num { (format::rate(c.per_second)) }
+                                    td.num { (c.delivered) }
+                                    td.num { (c.retried) " retried, " (c.dropped) " dropped, " (c.dead_lettered) " dead-lettered" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }

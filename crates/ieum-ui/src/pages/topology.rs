@@ -1,15 +1,17 @@
 //! `/ui/topology`: who calls whom over the last minutes, as an inline SVG with services in
-//! columns by call depth, coloured by health, and the same edges as a table.
+//! columns by call depth, coloured by health, and the same edges as a table. Topics with
+//! events sit between their publishers and consumers (publisher → topic → consumer).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use ieum_model::{Duration, Timestamp};
 use ieum_registry::Registry;
-use ieum_registry::registry::{BreakerState, Golden};
+use ieum_registry::registry::{BreakerState, Golden, TopicView};
 use maud::{Markup, html};
 
 use crate::format;
 use crate::layout::{Nav, Page};
+use crate::pages::topics;
 use crate::parts;
 
 /// Edges seen over this span are drawn.
@@ -21,6 +23,14 @@ struct View {
     health: BTreeMap<String, &'static str>,
     edges: BTreeMap<(String, String), Golden>,
     breakers: Vec<BreakerState>,
+    /// Topics with events over the span, drawn between publishers and consumers.
+    topics: Vec<TopicView>,
+}
+
+/// A topic's node in the graph: `pubsub/topic`, which no service name can be (service
+/// names have no `/`).
+fn topic_key(t: &TopicView) -> String {
+    format!("{}/{}", t.pubsub, t.topic)
 }
 
 pub(crate) fn page(registry: &Registry) -> Page {
@@ -49,6 +59,7 @@ pub(crate) fn page(registry: &Registry) -> Page {
         health,
         edges: traffic.edges,
         breakers: registry.breakers(),
+        topics: registry.topics(now.minus(SPAN)),
     };
     Page::new("Topology", Nav::Topology, render(&view)).stream("/v1/events/stream")
 }
@@ -156,7 +167,27 @@ fn render(v: &View) -> Markup {
         .keys()
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
-    let nodes: BTreeSet<&str> = pairs.iter().flat_map(|(a, b)| [*a, *b]).collect();
+    let keys: Vec<String> = v.topics.iter().map(topic_key).collect();
+    let mut topic_pairs: Vec<(&str, &str)> = Vec::new();
+    for (t, key) in v.topics.iter().zip(&keys) {
+        topic_pairs.extend(
+            t.publishers
+                .iter()
+                .map(|p| (p.service.as_str(), key.as_str())),
+        );
+        topic_pairs.extend(
+            t.consumers
+                .iter()
+                .map(|c| (key.as_str(), c.service.as_str())),
+        );
+    }
+    let topic_nodes: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
+    let nodes: BTreeSet<&str> = pairs
+        .iter()
+        .chain(&topic_pairs)
+        .flat_map(|(a, b)| [*a, *b])
+        .chain(topic_nodes.iter().copied())
+        .collect();
     let open: BTreeSet<(&str, &str)> = v
         .breakers
         .iter()
@@ -165,12 +196,12 @@ fn render(v: &View) -> Markup {
         .collect();
     html! {
         h1 { "Topology" }
-        p.sub { "Calls reported by sidecars over the last " (SPAN) ", callers to the left of what they call. Services are coloured by instance health and success rate; calls by success rate, dashed red where a breaker is open." }
+        p.sub { "Calls reported by sidecars over the last " (SPAN) ", callers to the left of what they call. Services are coloured by instance health and success rate; calls by success rate, dashed red where a breaker is open. Topics (purple) sit between the services that publish to them and those that consume them." }
         section #topology data-live {
             @if nodes.is_empty() {
-                p.empty { "No calls reported in the last " (SPAN) ". Calls show here once services run with sidecars (" code { "ieum run" } ")." }
+                p.empty { "No calls or events reported in the last " (SPAN) ". Calls show here once services run with sidecars (" code { "ieum run" } ")." }
             } @else {
-                (graph(v, &nodes, &pairs, &open))
+                (graph(v, &nodes, &pairs, &topic_pairs, &topic_nodes, &open))
                 h2 { "Calls" }
                 table data-testid="edges" {
                     thead { tr { th { "Caller" } th { "Calls" } th.num { "req/s" } th.num { "success" } th.num { "p50" } th.num { "p99" } th { "Breaker" } } }
@@ -188,6 +219,10 @@ fn render(v: &View) -> Markup {
                         }
                     }
                 }
+                @if !v.topics.is_empty() {
+                    h2 { "Topics" }
+                    (topics::table(&v.topics))
+                }
             }
             p.muted { "As of " (format::time(v.now, v.now)) "." }
         }
@@ -198,13 +233,16 @@ fn graph(
     v: &View,
     nodes: &BTreeSet<&str>,
     pairs: &[(&str, &str)],
+    topic_pairs: &[(&str, &str)],
+    topic_nodes: &BTreeSet<&str>,
     open: &BTreeSet<(&str, &str)>,
 ) -> Markup {
     const NW: f64 = 170.0;
     const NH: f64 = 32.0;
     const COL: f64 = 250.0;
     const ROW: f64 = 50.0;
-    let depth = depths(nodes, pairs);
+    let all: Vec<(&str, &str)> = pairs.iter().chain(topic_pairs).copied().collect();
+    let depth = depths(nodes, &all);
     let mut columns: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
     for n in nodes {
         columns.entry(depth[*n]).or_default().push(n);
@@ -217,6 +255,24 @@ fn graph(
     }
     let width = 40.0 + columns.len() as f64 * COL;
     let height = 40.0 + columns.values().map(Vec::len).max().unwrap_or(1) as f64 * ROW;
+    let curve = |a: &str, b: &str| {
+        let ((ax, ay), (bx, by)) = (pos[a], pos[b]);
+        let (x1, y1, x2, y2) = (ax + NW, ay + NH / 2.0, bx, by + NH / 2.0);
+        let bend = ((x2 - x1).abs() / 2.0).max(60.0);
+        format!(
+            "M {x1:.0} {y1:.0} C {:.0} {y1:.0}, {:.0} {y2:.0}, {x2:.0} {y2:.0}",
+            x1 + bend,
+            x2 - bend
+        )
+    };
+    let topics: BTreeMap<&str, &TopicView> = v
+        .topics
+        .iter()
+        .filter_map(|t| {
+            let key = topic_key(t);
+            topic_nodes.get(key.as_str()).map(|k| (*k, t))
+        })
+        .collect();
     html! {
         svg width=(width) height=(height) viewBox={ "0 0 " (width) " " (height) } role="img" aria-label="call graph" data-testid="graph" {
             defs {
@@ -225,14 +281,11 @@ fn graph(
                 }
             }
             @for (a, b) in pairs {
-                @let ((ax, ay), (bx, by)) = (pos[a], pos[b]);
                 @let g = &v.edges[&((*a).to_owned(), (*b).to_owned())];
                 @let blocked = open.contains(&(*a, *b));
                 @let class = if blocked { "bad" } else { g.success_rate.map_or("idle", success_class) };
-                @let (x1, y1, x2, y2) = (ax + NW, ay + NH / 2.0, bx, by + NH / 2.0);
-                @let bend = ((x2 - x1).abs() / 2.0).max(60.0);
                 @let w = 1.0 + (1.0 + g.requests_per_second).log10().min(3.0);
-                path d=(format!("M {x1:.0} {y1:.0} C {:.0} {y1:.0}, {:.0} {y2:.0}, {x2:.0} {y2:.0}", x1 + bend, x2 - bend))
+                path d=(curve(a, b))
                     fill="none" stroke=(colour(class).1) stroke-width=(format!("{w:.1}")) stroke-opacity="0.8"
                     stroke-dasharray=[blocked.then_some("6 4")] marker-end="url(#arrow)" {
                     title { (a) " → " (b) ": " (format::rate(g.requests_per_second)) " req/s"
@@ -240,7 +293,22 @@ fn graph(
                         @if blocked { ", breaker open" } }
                 }
             }
-            @for n in nodes {
+            @for (a, b) in topic_pairs {
+                path d=(curve(a, b)) fill="none" stroke=(TOPIC.1) stroke-width="1.5" stroke-opacity="0.8"
+                    stroke-dasharray="2 3" marker-end="url(#arrow)" data-testid="topic-edge" data-from=(a) data-to=(b) {
+                    title { (a) " → " (b) }
+                }
+            }
+            @for n in topic_nodes {
+                @let (x, y) = pos[n];
+                @if let Some(t) = topics.get(n) {
+                    a href=(parts::topic_href(&t.pubsub, &t.topic)) data-testid="topic-node" data-topic=(n) {
+                        rect x=(x) y=(y) width=(NW) height=(NH) rx=(NH / 2.0) fill=(TOPIC.0) stroke=(TOPIC.1) {}
+                        text x=(x + 14.0) y=(y + 20.0) fill="#1f2328" { (truncate(n, 22)) }
+                    }
+                }
+            }
+            @for n in nodes.iter().filter(|n| !topic_nodes.contains(*n)) {
                 @let (x, y) = pos[n];
                 @let class = v.health.get(*n).copied().unwrap_or("idle");
                 @let (fill, stroke) = colour(class);
@@ -252,6 +320,9 @@ fn graph(
         }
     }
 }
+
+/// Fill and stroke of topic nodes and edges.
+const TOPIC: (&str, &str) = ("#f3eefc", "#8250df");
 
 fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
