@@ -207,10 +207,7 @@ impl Supervisor {
     fn terminate(&self, which: impl Fn(&Proc) -> bool) {
         for p in self.procs.iter().filter(|p| which(p)) {
             if let Some(pid) = p.pid {
-                let _ = std::process::Command::new("kill")
-                    .args(["-s", "TERM", &pid.to_string()])
-                    .stderr(Stdio::null())
-                    .status();
+                crate::process::terminate(crate::process::Target::Process(pid));
             }
         }
     }

@@ -8,6 +8,7 @@
 //!   `history`, `schema`).
 //! - `sidecar`: `ieum run` and `ieum sidecar`.
 //! - `demo`: `ieum demo`, the whole system with an example shop, and its apps.
+//! - `process`: SIGTERM to processes and process groups.
 //!
 //! Exit codes: 0 ok, 1 rejected or invalid, 2 usage error, 3 server unreachable.
 
@@ -20,6 +21,7 @@ mod client;
 mod config_cli;
 mod demo;
 mod output;
+mod process;
 mod server;
 mod sidecar;
 
@@ -154,10 +156,7 @@ async fn stop_when_orphaned() {
         loop {
             tick.tick().await;
             if std::os::unix::process::parent_id() != parent {
-                // The `kill` command keeps this free of unsafe libc calls.
-                let _ = std::process::Command::new("kill")
-                    .args(["-s", "TERM", &std::process::id().to_string()])
-                    .status();
+                process::terminate(process::Target::Process(std::process::id()));
                 return;
             }
         }

@@ -710,11 +710,7 @@ impl Reporter {
 async fn stop_app(child: &mut tokio::process::Child, grace: StdDuration) -> i32 {
     #[cfg(unix)]
     if let Some(pid) = child.id() {
-        // The `kill` command signals the whole group without unsafe libc calls (unsafe code
-        // is forbidden here).
-        let _ = std::process::Command::new("kill")
-            .args(["-s", "TERM", "--", &format!("-{pid}")])
-            .status();
+        crate::process::terminate(crate::process::Target::Group(pid));
     }
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(Ok(status)) => exit_code(status),
