@@ -15,11 +15,11 @@
 use std::sync::Arc;
 
 use ieum_model::Timestamp;
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 use crate::StoreError;
-use crate::sql::Backend;
+use crate::sql::{Backend, Durability, connect, corrupt, unavailable};
 
 /// States in which an execution still has work to do (or waits for an operator).
 pub const UNFINISHED: [&str; 4] = ["running", "compensating", "paused", "stuck"];
@@ -213,44 +213,12 @@ pub struct SqlSagaLog {
     backend: Backend,
 }
 
-fn unavailable(e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
-}
-
 impl SqlSagaLog {
     /// Connects its own pool and brings the schema to this version.
     pub async fn open(url: &str) -> Result<SqlSagaLog, StoreError> {
-        sqlx::any::install_default_drivers();
-        let backend = Backend::of(url)?;
-        let options = match backend {
-            // Transitions are acted on once committed, so they must survive a power loss:
-            // `synchronous = FULL` syncs the WAL on every commit. Group commit keeps the
-            // cost at one sync per batch, whatever the number of executions in it.
-            Backend::Sqlite => AnyPoolOptions::new()
-                .max_connections(4)
-                .after_connect(|conn, _| {
-                    Box::pin(async move {
-                        for pragma in [
-                            "PRAGMA journal_mode = WAL",
-                            "PRAGMA synchronous = FULL",
-                            "PRAGMA busy_timeout = 5000",
-                        ] {
-                            sqlx::query(pragma).execute(&mut *conn).await?;
-                        }
-                        Ok(())
-                    })
-                }),
-            Backend::Postgres => AnyPoolOptions::new().max_connections(8),
-        };
-        let url = match backend {
-            Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
-            _ => url.to_owned(),
-        };
-        let pool = options.connect(&url).await.map_err(unavailable)?;
+        // Transitions are acted on once committed, so they must survive a power loss; group
+        // commit keeps the cost at one sync per batch, whatever the number of executions.
+        let (pool, backend) = connect(url, Durability::PowerLoss).await?;
         backend
             .migrator()
             .run(&pool)

@@ -50,36 +50,53 @@ pub struct SqlStore {
     backend: Backend,
 }
 
-fn unavailable(e: sqlx::Error) -> StoreError {
+pub(crate) fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
-async fn connect(url: &str) -> Result<(AnyPool, Backend), StoreError> {
+/// How hard SQLite syncs a commit (PostgreSQL keeps its server's setting).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Durability {
+    /// `synchronous = NORMAL` in WAL mode: every commit survives a process crash
+    /// (`kill -9`); a power loss may roll back the last ones.
+    Crash,
+    /// `synchronous = FULL`: every commit is synced to disk before it returns.
+    PowerLoss,
+}
+
+/// A pool for `url` (created if it is a new SQLite file). One connection writes at a time
+/// anyway; a few more serve reads (WAL lets them run beside the writer).
+pub(crate) async fn connect(
+    url: &str,
+    durability: Durability,
+) -> Result<(AnyPool, Backend), StoreError> {
     sqlx::any::install_default_drivers();
     let backend = Backend::of(url)?;
+    let synchronous = match durability {
+        Durability::Crash => "PRAGMA synchronous = NORMAL",
+        Durability::PowerLoss => "PRAGMA synchronous = FULL",
+    };
     let options = match backend {
-        // One connection writes at a time anyway; a few more serve reads (WAL lets them run
-        // beside the writer). `synchronous=NORMAL` in WAL mode keeps every committed
-        // transaction across a process crash (`kill -9`); only a power loss may roll back
-        // the last transactions.
-        Backend::Sqlite => AnyPoolOptions::new()
-            .max_connections(4)
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    for pragma in [
-                        "PRAGMA journal_mode = WAL",
-                        "PRAGMA synchronous = NORMAL",
-                        "PRAGMA busy_timeout = 5000",
-                    ] {
-                        sqlx::query(pragma).execute(&mut *conn).await?;
-                    }
-                    Ok(())
+        Backend::Sqlite => {
+            AnyPoolOptions::new()
+                .max_connections(4)
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            synchronous,
+                            "PRAGMA busy_timeout = 5000",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                        Ok(())
+                    })
                 })
-            }),
+        }
         Backend::Postgres => AnyPoolOptions::new().max_connections(8),
     };
     let url = match backend {
@@ -92,7 +109,7 @@ async fn connect(url: &str) -> Result<(AnyPool, Backend), StoreError> {
 
 /// Applies migrations up to and including `version` only; for upgrade tests.
 pub async fn migrate_to(url: &str, version: i64) -> Result<(), StoreError> {
-    let (pool, backend) = connect(url).await?;
+    let (pool, backend) = connect(url, Durability::Crash).await?;
     backend
         .migrator()
         .run_to(version, &pool)
@@ -105,7 +122,7 @@ pub async fn migrate_to(url: &str, version: i64) -> Result<(), StoreError> {
 impl SqlStore {
     /// Connects to `url` and brings the schema to this version.
     pub async fn open(url: &str) -> Result<SqlStore, StoreError> {
-        let (pool, backend) = connect(url).await?;
+        let (pool, backend) = connect(url, Durability::Crash).await?;
         backend
             .migrator()
             .run(&pool)
