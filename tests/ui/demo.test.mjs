@@ -3,8 +3,10 @@
 // Each test answers, from the rendered pages only, one question an operator asks:
 // how long has each instance of `orders` been up; what happened to `stock` in the last
 // minutes (one of its instances is killed with SIGKILL during the test); which breakers are
-// blocked; what changed in the last configuration apply. Screenshots of every page go to
-// docs/screenshots/ (IEUM_SCREENSHOTS overrides).
+// blocked; what changed in the last configuration apply; who publishes and who consumes
+// each topic (orders → shipping through the server-hosted `memory` PubSub, as the real
+// sidecars report it). Screenshots of every page go to docs/screenshots/
+// (IEUM_SCREENSHOTS overrides).
 //
 // Run: IEUM_BIN=target/debug/ieum node --test tests/ui/demo.test.mjs
 // (needs /usr/bin/chromium and playwright-core; .ci/run installs both).
@@ -138,6 +140,40 @@ test('each instance of orders shows how long it has been up', async () => {
   assert.match(text, /zone-b/);
   assert.match(text, /POST\s+\/orders/, 'the OpenAPI operations are rendered');
   await shot('service');
+});
+
+test('who publishes and who consumes orders.placed: the Topics page, from the sidecars\' reports', async () => {
+  // orders publishes orders.placed for each order through its sidecar to shop-events (a
+  // memory PubSub the server hosts); shipping's sidecar delivers it to /events/order-placed.
+  // Both report every 5 s; nothing here is fed by a test hook.
+  const topic = 'tr[data-testid="topic"][data-pubsub="shop-events"][data-topic="orders.placed"]';
+  await eventually('orders.placed listed with orders publishing and shipping consuming', async () => {
+    await open('/ui/topics');
+    const row = page.locator(topic);
+    if ((await row.count()) !== 1) return false;
+    const cells = await row.locator('td').allInnerTexts();
+    return /\borders\b/.test(cells[1]) && /\bshipping\b/.test(cells[2]);
+  }, { timeoutMs: 60_000, everyMs: 2_000 });
+  await shot('topics');
+  await page.locator(`${topic} a[href*="orders.placed"]`).first().click();
+  await page.waitForURL(/\/ui\/topics\/shop-events\/orders\.placed$/);
+  const count = async (row, cell) => {
+    const text = await page.locator(`${row} [data-testid="${cell}"]`).innerText();
+    return Number.parseInt(text.replace(/\D/g, ''), 10) || 0;
+  };
+  const consumer = 'tr[data-testid="consumer"][data-service="shipping"]';
+  const publisher = 'tr[data-testid="publisher"][data-service="orders"]';
+  // Shipping answers RETRY to about one first delivery in eight: retries show too.
+  await eventually('events published by orders, delivered to and retried by shipping', async () => {
+    await open('/ui/topics/shop-events/orders.placed');
+    if ((await page.locator(consumer).count()) !== 1 || (await page.locator(publisher).count()) !== 1) {
+      return false;
+    }
+    return (await count(publisher, 'published')) > 0 && (await count(consumer, 'delivered')) > 0
+      && (await count(consumer, 'retried')) > 0;
+  }, { timeoutMs: 60_000, everyMs: 2_000 });
+  assert.equal(await count(consumer, 'dead-lettered'), 0, 'a retried event succeeds on its second try');
+  await shot('topic');
 });
 
 test('what changed in the last configuration apply: its diff and author', async () => {

@@ -11,6 +11,8 @@
 //! - `push`: S services × E endpoints, C push-stream clients each calling K services; one
 //!   endpoint change at a time: bytes to affected and unaffected clients, propagation
 //!   delay, snapshot sizes, and what a naive full resend would cost.
+//! - `bridge`: publish latency through a sidecar vs `async-nats` directly, and delivery
+//!   throughput of one sidecar to an app (real `ieum sidecar` processes, NATS JetStream).
 
 #![allow(clippy::print_stdout, reason = "figures are this program's output")]
 
@@ -98,6 +100,22 @@ enum Scenario {
         #[arg(long, value_delimiter = ',')]
         pids: Vec<u32>,
     },
+    /// The sidecar bridge over NATS JetStream: publish latency through a sidecar vs
+    /// async-nats directly, and delivery throughput of one sidecar to an app.
+    Bridge {
+        /// NATS with JetStream.
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats: String,
+        /// Publishes each way for the latency figures.
+        #[arg(long, default_value_t = 5000)]
+        count: usize,
+        /// Events for the delivery throughput.
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+        /// The subscription's `maxInFlight`.
+        #[arg(long, default_value_t = 32)]
+        max_in_flight: u32,
+    },
     /// Notification latency of many watchers after one change.
     Watchers {
         #[arg(long, default_value_t = 1000)]
@@ -111,6 +129,7 @@ enum Scenario {
     },
 }
 
+mod bridge;
 mod push;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -290,6 +309,14 @@ async fn main() -> anyhow::Result<()> {
     let base = server.base.clone();
     match args.scenario {
         Scenario::FixedRate { .. } => unreachable!("handled above"),
+        Scenario::Bridge {
+            nats,
+            count,
+            events,
+            max_in_flight,
+        } => {
+            bridge::run(&args.ieum, &base, &nats, count, events, max_in_flight).await?;
+        }
         Scenario::Register {
             instances,
             concurrency,

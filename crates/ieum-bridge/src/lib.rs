@@ -1,6 +1,6 @@
 //! The sidecar bridge's broker layer: CloudEvents with their protocol bindings, and one
-//! [`Broker`] trait over NATS JetStream, RabbitMQ, MQTT 5, Redis Streams and an in-memory
-//! broker. The sidecar's publish endpoint, subscriptions and bindings are written
+//! [`Broker`] trait over NATS JetStream, RabbitMQ, MQTT 5, Redis Streams, Kafka and an
+//! in-memory broker. The sidecar's publish endpoint, subscriptions and bindings are written
 //! against this crate; it holds no business logic and parses nothing but CloudEvents
 //! envelopes.
 //!
@@ -11,7 +11,8 @@
 //!     /v1/publish/{pubsub}/{topic}` and what the sidecar POSTs to the app);
 //!   - [`cloudevents::binding`]: every broker protocol's binding as one neutral
 //!     [`Message`](cloudevents::binding::Message) (the table of choices is there).
-//! - [`broker`]: the [`Broker`] trait, [`connect`] (from a `PubSub` spec),
+//! - [`broker`]: the [`Broker`] trait, [`connect`] (from a `PubSub` spec) and
+//!   [`connect_with`] (a `memory` PubSub hosted by a server: [`MemoryHost`]),
 //!   [`Subscription`] and [`Delivery`]; one private module per broker.
 //!
 //! # The contract
@@ -43,9 +44,11 @@
 //! | `rabbitmq` | fanout exchange | quorum queue `{topic}.{group}` | publisher confirm | `x-delivery-count` + 1 | wait, then `basic.nack` requeue | requeued when its channel closes |
 //! | `mqtt` | topic, `.` → `/` | shared subscription `$share/{group}/…` | `PUBACK` | `ieum-attempt` user property (+1 if `DUP`) | republish to `ieum-retry/{group}/…`, then `PUBACK` | resent when the same consumer reconnects (persistent session) |
 //! | `redis-streams` | stream | consumer group | `XADD` reply | delivery count (`XPENDING`) | stays pending, `XCLAIM`ed after the delay | `XPENDING` + `XCLAIM` after `redeliverAfter`; a restarted consumer takes back its own at once |
-//! | `memory` | per-process topic | FIFO queue | immediate | exact | re-queued after the delay | re-queued at once when dropped |
+//! | `kafka` | topic (created with `metadata.partitions`, 3 by default) | consumer group | `acks=all`, idempotent producer | counted in this process (Kafka keeps none) | handed out again by the subscription after the delay; the offset stays uncommitted | its partitions go to another member after `redeliverAfter` (session timeout), read from the last committed offset |
+//! | `memory` | per-process topic (hosted by `ieum server` for sidecars) | FIFO queue | immediate (hosted: once the server queued it) | exact | re-queued after the delay | re-queued at once when dropped; hosted: after `redeliverAfter` when its sidecar died |
 //!
-//! `kafka` is accepted by the model but not implemented here yet: [`connect`] says so.
+//! Kafka settles by committing one offset per partition: the lowest unsettled one, so an
+//! event above an unsettled one can come again after a restart (at-least-once).
 //!
 //! Each module's docs give the details and the reasons.
 
@@ -53,6 +56,7 @@ pub mod broker;
 pub mod cloudevents;
 
 pub use broker::{
-    Broker, BrokerError, Delivery, PublishError, SubscribeOptions, Subscription, connect,
+    Broker, BrokerError, ConnectOptions, Delivery, MemoryBroker, MemoryHost, PublishError,
+    SubscribeOptions, Subscription, connect, connect_with,
 };
 pub use cloudevents::{CloudEvent, CloudEventError};

@@ -1,7 +1,7 @@
 //! The Broker contract, run against every broker type: the in-memory one always, the real
 //! ones when their URL is set (`IEUM_TEST_NATS_URL`, `IEUM_TEST_AMQP_URL`,
-//! `IEUM_TEST_MQTT_URL`, `IEUM_TEST_REDIS_URL`; `.ci/run` sets them all). Without a URL
-//! a test prints why it skipped and passes.
+//! `IEUM_TEST_MQTT_URL`, `IEUM_TEST_REDIS_URL`, `IEUM_TEST_KAFKA_URL`; `.ci/run` sets them
+//! all, and runs tansu for Kafka). Without a URL a test prints why it skipped and passes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -35,7 +35,8 @@ fn env_var(kind: BrokerType) -> Option<&'static str> {
         BrokerType::RabbitMq => Some("IEUM_TEST_AMQP_URL"),
         BrokerType::Mqtt => Some("IEUM_TEST_MQTT_URL"),
         BrokerType::RedisStreams => Some("IEUM_TEST_REDIS_URL"),
-        BrokerType::Kafka | BrokerType::Memory => None,
+        BrokerType::Kafka => Some("IEUM_TEST_KAFKA_URL"),
+        BrokerType::Memory => None,
     }
 }
 
@@ -84,6 +85,7 @@ fn options(consumer: &str) -> SubscribeOptions {
         consumer: format!("{consumer}-{}", std::process::id()),
         max_in_flight: 16,
         dead_letter_topic: None,
+        raw_source: None,
     }
 }
 
@@ -321,12 +323,24 @@ async fn redis_structured() {
 }
 
 #[tokio::test]
+async fn kafka_binary() {
+    contract(BrokerType::Kafka, ContentMode::Binary).await;
+}
+
+#[tokio::test]
+async fn kafka_structured() {
+    contract(BrokerType::Kafka, ContentMode::Structured).await;
+}
+
+#[tokio::test]
 async fn unreachable_brokers_fail_to_connect_with_a_clear_error() {
     // Port 9 (discard) on loopback: nothing listens there.
     unreachable_is_a_clear_error(BrokerType::NatsJetStream, "nats://127.0.0.1:9").await;
     unreachable_is_a_clear_error(BrokerType::RabbitMq, "amqp://127.0.0.1:9/%2f").await;
     unreachable_is_a_clear_error(BrokerType::Mqtt, "mqtt://127.0.0.1:9").await;
     unreachable_is_a_clear_error(BrokerType::RedisStreams, "redis://127.0.0.1:9").await;
+    unreachable_is_a_clear_error(BrokerType::Kafka, "kafka://127.0.0.1:9").await;
+    unreachable_is_a_clear_error(BrokerType::Kafka, "127.0.0.1:9").await;
 }
 
 #[tokio::test]
@@ -361,8 +375,174 @@ async fn redis_hands_a_crashed_consumers_entries_to_another_after_redeliver_afte
     again.ack().await.unwrap();
 }
 
+fn number(d: &Delivery) -> u64 {
+    let v: serde_json::Value = serde_json::from_slice(d.event.data.as_ref().unwrap()).unwrap();
+    v["n"].as_u64().unwrap()
+}
+
+/// Kafka commits an offset per partition: what is above the first unsettled event comes
+/// again after a restart, what is below it never does.
 #[tokio::test]
-async fn missing_secrets_and_kafka_are_config_errors() {
+async fn kafka_commits_only_below_the_first_unsettled_event() {
+    let Some(b) = broker(BrokerType::Kafka, ContentMode::Binary).await else {
+        return;
+    };
+    let topic = unique("commit");
+    let mut sub = b.subscribe(&topic, "ledger", options("i-1")).await.unwrap();
+    for n in 0..3 {
+        b.publish(&topic, &event(n), Some("one-key")).await.unwrap();
+    }
+    let d0 = next(&mut sub).await;
+    let d1 = next(&mut sub).await;
+    let d2 = next(&mut sub).await;
+    assert_eq!([number(&d0), number(&d1), number(&d2)], [0, 1, 2]);
+    d0.ack().await.unwrap();
+    d2.ack().await.unwrap();
+    sub.close().await;
+    // The app still held 1 when the subscription closed.
+    drop(d1);
+    let mut again = b.subscribe(&topic, "ledger", options("i-1")).await.unwrap();
+    let r1 = next(&mut again).await;
+    assert_eq!((number(&r1), r1.attempt), (1, 2));
+    let r2 = next(&mut again).await;
+    assert_eq!(
+        (number(&r2), r2.attempt),
+        (2, 1),
+        "settled above an unsettled one: delivered again (at-least-once)"
+    );
+    r1.ack().await.unwrap();
+    r2.ack().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), again.next())
+            .await
+            .is_err(),
+        "0 was committed"
+    );
+    again.close().await;
+    let mut third = b.subscribe(&topic, "ledger", options("i-1")).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), third.next())
+            .await
+            .is_err(),
+        "everything was committed"
+    );
+    third.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn kafka_holds_back_past_the_in_flight_bound() {
+    let Some(b) = broker(BrokerType::Kafka, ContentMode::Binary).await else {
+        return;
+    };
+    let topic = unique("bound");
+    let mut opts = options("i-1");
+    opts.max_in_flight = 2;
+    let mut sub = b.subscribe(&topic, "ledger", opts).await.unwrap();
+    for n in 0..4 {
+        b.publish(&topic, &event(n), Some("one-key")).await.unwrap();
+    }
+    let d0 = next(&mut sub).await;
+    let d1 = next(&mut sub).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1000), sub.next())
+            .await
+            .is_err(),
+        "two in flight: the third waits"
+    );
+    d0.ack().await.unwrap();
+    let d2 = next(&mut sub).await;
+    assert_eq!(number(&d2), 2);
+    d1.ack().await.unwrap();
+    d2.ack().await.unwrap();
+    let d3 = next(&mut sub).await;
+    assert_eq!((number(&d3), d3.attempt), (3, 1));
+    d3.ack().await.unwrap();
+    sub.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn kafka_group_members_share_the_partitions() {
+    let Some(b) = broker(BrokerType::Kafka, ContentMode::Binary).await else {
+        return;
+    };
+    let topic = unique("shared");
+    let mut one = b
+        .subscribe(&topic, "workers", options("i-1"))
+        .await
+        .unwrap();
+    let mut two = b
+        .subscribe(&topic, "workers", options("i-2"))
+        .await
+        .unwrap();
+    for n in 0..12 {
+        b.publish(&topic, &event(n), Some(&format!("key-{}", n % 6)))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut by = [0, 0];
+    while seen.len() < 12 {
+        let (d, who) = tokio::time::timeout(WAIT, async {
+            tokio::select! {
+                d = one.next() => (d.unwrap(), 0),
+                d = two.next() => (d.unwrap(), 1),
+            }
+        })
+        .await
+        .expect("all 12 within 15s");
+        seen.push(number(&d));
+        by[who] += 1;
+        d.ack().await.unwrap();
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..12).collect::<Vec<_>>(), "each event once");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), async {
+            tokio::select! {
+                d = one.next() => d,
+                d = two.next() => d,
+            }
+        })
+        .await
+        .is_err(),
+        "and no more: {by:?}"
+    );
+    one.close().await;
+    two.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn kafka_without_auto_create_says_the_topic_is_missing() {
+    let Ok(url) = std::env::var("IEUM_TEST_KAFKA_URL") else {
+        eprintln!("skipped for kafka: set IEUM_TEST_KAFKA_URL to run it");
+        return;
+    };
+    let mut s = spec(BrokerType::Kafka, Some(url), ContentMode::Binary);
+    s.auto_create = false;
+    let b = ieum_bridge::connect("fixed", &s).await.unwrap();
+    let topic = unique("absent");
+    let err = b.publish(&topic, &event(0), None).await.unwrap_err();
+    assert!(
+        matches!(&err, BrokerError::Missing(what) if what.contains(&topic)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("autoCreate"), "{err}");
+    let err = b
+        .subscribe(&topic, "billing", options("c1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BrokerError::Missing(_)), "{err}");
+    // Nothing was created on the way: a broker that creates topics says it still is not there.
+    let err = b.publish(&topic, &event(0), None).await.unwrap_err();
+    assert!(matches!(err, BrokerError::Missing(_)), "{err}");
+    b.close().await;
+}
+
+#[tokio::test]
+async fn missing_secrets_and_kafka_credentials_are_config_errors() {
     let mut s = spec(
         BrokerType::NatsJetStream,
         Some("nats://127.0.0.1:4222".into()),
@@ -377,13 +557,24 @@ async fn missing_secrets_and_kafka_are_config_errors() {
         err.to_string(),
         "PubSub/bus: the environment variable IEUM_TEST_SURELY_UNSET_TOKEN (credentials.fromEnv) is not set in this process"
     );
-    let s = spec(
+    // Kafka without SASL: credentials are refused before anything is dialled.
+    let mut s = spec(
         BrokerType::Kafka,
-        Some("kafka://127.0.0.1:9092".into()),
+        Some("kafka://127.0.0.1:9".into()),
         ContentMode::Binary,
     );
+    s.credentials = Some(ieum_model::bridge::Credentials {
+        username: Some("svc".into()),
+        from_env: "PATH".into(),
+    });
     let err = ieum_bridge::connect("bus", &s).await.err().unwrap();
-    assert!(err.to_string().contains("not implemented"), "{err}");
+    assert!(matches!(err, BrokerError::Config(_)), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("PubSub/bus: `credentials` are not supported for kafka"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("SASL"), "{err}");
     let mut s = spec(
         BrokerType::RabbitMq,
         Some("amqp://u:p@127.0.0.1".into()),
@@ -392,4 +583,69 @@ async fn missing_secrets_and_kafka_are_config_errors() {
     s.auto_create = false;
     let err = ieum_bridge::connect("bus", &s).await.err().unwrap();
     assert!(err.to_string().contains("E3002"), "{err}");
+}
+
+/// Input bindings read queues fed from outside ieum: a plain message (no CloudEvent) is
+/// wrapped with the binding's source and the broker's stable message id when the
+/// subscription asks for it, and a CloudEvent is still read as one.
+#[tokio::test]
+async fn raw_subscriptions_wrap_plain_messages_from_nats_and_redis() {
+    for kind in [BrokerType::NatsJetStream, BrokerType::RedisStreams] {
+        let Some(b) = broker(kind, ContentMode::Binary).await else {
+            continue;
+        };
+        let url = std::env::var(env_var(kind).unwrap()).unwrap();
+        let topic = unique("legacy");
+        let raw = SubscribeOptions {
+            raw_source: Some(format!("/bus/{topic}")),
+            ..options("raw")
+        };
+        let mut sub = b.subscribe(&topic, &unique("g"), raw).await.unwrap();
+        // A producer outside ieum writes a plain payload.
+        match kind {
+            BrokerType::NatsJetStream => {
+                let js =
+                    async_nats::jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("content-type", "text/plain");
+                js.publish_with_headers(topic.clone(), headers, Bytes::from_static(b"hello"))
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+            _ => {
+                let client = redis::Client::open(url.as_str()).unwrap();
+                let mut c = client.get_multiplexed_async_connection().await.unwrap();
+                let _: String = redis::cmd("XADD")
+                    .arg(&topic)
+                    .arg("*")
+                    .arg("data")
+                    .arg("hello")
+                    .arg("content-type")
+                    .arg("text/plain")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+            }
+        }
+        let d = next(&mut sub).await;
+        let e = &d.event;
+        assert_eq!(e.source, format!("/bus/{topic}"), "{}", kind.as_str());
+        assert_eq!(e.ty, ieum_bridge::cloudevents::binding::RAW_TYPE);
+        assert_eq!(e.datacontenttype.as_deref(), Some("text/plain"));
+        assert_eq!(e.data.as_deref(), Some(&b"hello"[..]));
+        let first_id = e.id.clone();
+        // The id is the broker's: a redelivery keeps it.
+        d.nack(Duration::from_millis(50)).await.unwrap();
+        let again = next(&mut sub).await;
+        assert_eq!(again.event.id, first_id, "{}", kind.as_str());
+        again.ack().await.unwrap();
+        // A CloudEvent on the same topic is still read as itself.
+        b.publish(&topic, &event(1), None).await.unwrap();
+        let d = next(&mut sub).await;
+        assert_eq!(d.event.ty, "com.example.order.created");
+        d.ack().await.unwrap();
+        sub.close().await;
+    }
 }

@@ -354,7 +354,7 @@ fn event_query(q: &QueryParams, service: Option<String>) -> Result<EventQuery, A
 }
 
 /// `since` is an RFC 3339 time or a duration ago (`10m`).
-fn parse_since(s: &str) -> Result<Timestamp, String> {
+pub(crate) fn parse_since(s: &str) -> Result<Timestamp, String> {
     if let Ok(t) = s.parse::<Timestamp>() {
         return Ok(t);
     }

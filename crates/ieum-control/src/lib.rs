@@ -11,6 +11,8 @@
 //! - `saga`: saga executions (start, read, list, counts, operator actions) and flows,
 //!   over an `ieum_saga::Coordinator` given to [`router_with`].
 //! - `config`: configuration resources (apply, read, history, delete, JSON Schemas).
+//! - `pubsub`: `memory` PubSubs hosted for sidecars (publish, subscribe, fetch under
+//!   leases, settle): `ieum_bridge`'s in-process broker, shared over HTTP.
 //! - `auth`: open on loopback, bearer token for writes elsewhere.
 //! - `error`: [`ApiError`], the one error shape `{"error": {code, message, field}}`.
 //! - The web UI (`ieum-ui`) is merged in under `/ui`; `/` redirects there.
@@ -35,8 +37,10 @@ mod config;
 mod error;
 mod extract;
 mod openapi;
+mod pubsub;
 pub mod push;
 mod saga;
+mod topics;
 
 pub use api::INDEX_HEADER;
 pub use auth::{Auth, Author};
@@ -75,6 +79,10 @@ pub fn router_with(state: AppState, sagas: Option<ieum_saga::Coordinator>) -> Ro
         // The web UI (read-only pages under /ui); the root leads to it.
         .merge(ieum_ui::router(state.registry.clone()))
         .merge(saga::routes(sagas.clone()))
+        .merge(pubsub::routes(
+            state.registry.clone(),
+            state.shutdown.clone(),
+        ))
         .merge(ieum_ui::sagas_router(sagas))
         .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
         .route("/healthz", get(api::healthz))
@@ -110,6 +118,9 @@ pub fn router_with(state: AppState, sagas: Option<ieum_saga::Coordinator>) -> Ro
         )
         .route("/v1/events", get(api::list_events))
         .route("/v1/events/stream", get(api::stream_events))
+        .route("/v1/topics", get(topics::list))
+        .route("/v1/topics/{pubsub}/{topic}", get(topics::get))
+        .route("/v1/correlations/{id}", get(topics::correlation))
         .route("/v1/apply", post(config::apply))
         .route("/v1/resources/{kind}", get(config::list))
         .route(

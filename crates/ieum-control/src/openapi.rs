@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::{api, config, saga};
+use crate::{api, config, pubsub, saga, topics};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,6 +29,9 @@ use crate::{api, config, saga};
         api::list_events,
         api::service_events,
         api::stream_events,
+        topics::list,
+        topics::get,
+        topics::correlation,
         config::apply,
         config::list,
         config::get,
@@ -41,6 +44,10 @@ use crate::{api, config, saga};
         saga::counts,
         saga::request,
         saga::flow,
+        pubsub::publish,
+        pubsub::subscribe,
+        pubsub::fetch,
+        pubsub::settle,
     ),
     tags(
         (name = "services", description = "Service definitions and summaries"),
@@ -49,6 +56,7 @@ use crate::{api, config, saga};
         (name = "config", description = "Declarative resources: apply, history, schemas"),
         (name = "server", description = "Health and status"),
         (name = "sagas", description = "Saga executions, operator actions and flows"),
+        (name = "pubsubs", description = "`memory` PubSubs hosted for sidecars: publish, subscribe, fetch, settle"),
     )
 )]
 struct ApiDoc;

@@ -760,3 +760,96 @@ async fn sidecar_reports_keep_signals_and_record_breaker_changes() {
     .await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn topics_and_correlations_are_served_from_sidecar_reports() {
+    let app = app().await;
+    call(
+        &app,
+        "POST",
+        "/v1/services/orders/instances",
+        Some(INSTANCE),
+    )
+    .await;
+    let report = r#"{"window": "10s",
+        "topics": [{"pubsub": "bus", "topic": "orders.placed", "direction": "publish", "published": 20}],
+        "events": [
+          {"at": "2026-11-26T12:00:00.100Z", "pubsub": "bus", "topic": "orders.placed", "direction": "consume",
+           "outcome": "deadLettered", "id": "e-2", "source": "orders", "type": "order.placed", "attempt": 3,
+           "correlationId": "order-7", "reason": "the app answered 500"},
+          {"at": "2026-11-26T12:00:00.000Z", "pubsub": "bus", "topic": "orders.placed", "direction": "publish",
+           "outcome": "published", "id": "e-2", "source": "orders", "type": "order.placed",
+           "correlationId": "order-7", "traceId": "4bf92f3577b34da6a3ce929d0e0e4736"}]}"#;
+    let r = call(
+        &app,
+        "POST",
+        "/v1/services/orders/instances/a1/telemetry",
+        Some(report),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+
+    let list = call(&app, "GET", "/v1/topics", None).await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.body);
+    let topic = &list.body["topics"][0];
+    assert_eq!(
+        (&topic["pubsub"], &topic["topic"]),
+        (&json!("bus"), &json!("orders.placed"))
+    );
+    assert_eq!(topic["publishers"][0]["service"], "orders");
+    assert_eq!(topic["publishers"][0]["published"], 20);
+
+    let one = call(&app, "GET", "/v1/topics/bus/orders.placed?limit=1", None).await;
+    assert_eq!(one.status, StatusCode::OK, "{}", one.body);
+    let events = one.body["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "limit holds");
+    assert_eq!(events[0]["service"], "orders");
+    assert_eq!(events[0]["instance"], "a1");
+
+    let chain = call(&app, "GET", "/v1/correlations/order-7", None).await;
+    let outcomes: Vec<&str> = chain
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["published", "deadLettered"], "in order of time");
+    let none = call(&app, "GET", "/v1/correlations/nothing", None).await;
+    assert_eq!(none.body, json!([]));
+
+    let dead = call(
+        &app,
+        "GET",
+        "/v1/services/orders/events?kind=event.dead_lettered",
+        None,
+    )
+    .await;
+    assert_eq!(
+        dead.body[0]["message"],
+        "event e-2 (order.placed) from bus/orders.placed dead-lettered after 3 attempts: the app answered 500"
+    );
+    assert_eq!(dead.body[0]["data"]["correlationId"], "order-7");
+
+    let missing = call(&app, "GET", "/v1/topics/bus/nothing", None).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    let bad = call(&app, "GET", "/v1/topics/bus/orders.placed?limit=0", None).await;
+    assert_error(&bad, StatusCode::BAD_REQUEST, "E1006", "limit");
+    let hostile = call(
+        &app,
+        "POST",
+        "/v1/services/orders/instances/a1/telemetry",
+        Some(
+            r#"{"window": "10s", "events": [{"at": "2026-11-26T12:00:00Z", "pubsub": "bus",
+            "topic": "t", "direction": "up", "outcome": "delivered", "id": "x", "source": "s",
+            "type": "t"}]}"#,
+        ),
+    )
+    .await;
+    assert_error(
+        &hostile,
+        StatusCode::BAD_REQUEST,
+        "E1305",
+        "events[0].direction",
+    );
+}

@@ -35,7 +35,8 @@ pub struct PubSubSpec {
     #[serde(rename = "type")]
     pub kind: BrokerType,
     /// Where the broker listens (`nats://host:4222`, `amqp://user@host:5672/vhost`,
-    /// `mqtt://host:1883`, `redis://host:6379/0`, `kafka://host:9092`). Not used by
+    /// `mqtt://host:1883`, `redis://host:6379/0`, `kafka://host:9092` or Kafka's own
+    /// `host1:9092,host2:9092`). Not used by
     /// `memory`. Never holds a password: use `credentials`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -58,6 +59,28 @@ pub struct PubSubSpec {
     /// and an unknown key is an error, so typos do not go unnoticed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// How the broker's TLS certificate is checked. TLS itself is chosen by the URL's
+    /// scheme (`tls://`, `amqps://`, `mqtts://`/`ssl://`, `rediss://`); this only says
+    /// which CAs to trust and which name to expect, so it needs such a URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<PubSubTls>,
+}
+
+/// How a broker's TLS certificate is verified. There is deliberately no way to turn the
+/// check off: a broker with a self-signed or private-CA certificate is trusted by naming
+/// that CA in `caFile`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PubSubTls {
+    /// A PEM file, on the host of the process that connects (the sidecar), holding the CA
+    /// certificate(s) that sign the broker's certificate. Only these CAs are trusted then;
+    /// without it, the platform's trusted roots are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// The name the broker's certificate must carry, when it is not the URL's host (a
+    /// broker reached by IP address or through a tunnel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
 }
 
 fn yes() -> bool {
@@ -86,7 +109,8 @@ pub enum BrokerType {
     /// Apache Kafka or a compatible broker.
     #[serde(rename = "kafka")]
     Kafka,
-    /// In-process, for local development and tests only.
+    /// Hosted by `ieum server` for the sidecars that follow it (in-process for the server
+    /// itself and tests): local development only, nothing survives a restart.
     #[serde(rename = "memory")]
     Memory,
 }
@@ -109,10 +133,21 @@ impl BrokerType {
         match self {
             BrokerType::NatsJetStream => &["nats", "tls"],
             BrokerType::RabbitMq => &["amqp", "amqps"],
-            BrokerType::Mqtt => &["mqtt", "mqtts", "tcp"],
+            BrokerType::Mqtt => &["mqtt", "mqtts", "tcp", "ssl"],
             BrokerType::RedisStreams => &["redis", "rediss"],
             BrokerType::Kafka => &["kafka"],
             BrokerType::Memory => &[],
+        }
+    }
+
+    /// The URL schemes of [`schemes`](Self::schemes) that connect with TLS.
+    pub fn tls_schemes(self) -> &'static [&'static str] {
+        match self {
+            BrokerType::NatsJetStream => &["tls"],
+            BrokerType::RabbitMq => &["amqps"],
+            BrokerType::Mqtt => &["mqtts", "ssl"],
+            BrokerType::RedisStreams => &["rediss"],
+            BrokerType::Kafka | BrokerType::Memory => &[],
         }
     }
 
@@ -123,7 +158,8 @@ impl BrokerType {
             BrokerType::RabbitMq => &["queueType"],
             BrokerType::Mqtt => &["clientIdPrefix"],
             BrokerType::RedisStreams => &["keyPrefix"],
-            BrokerType::Kafka | BrokerType::Memory => &[],
+            BrokerType::Kafka => &["partitions", "replicationFactor"],
+            BrokerType::Memory => &[],
         }
     }
 }
@@ -164,6 +200,15 @@ pub enum ContentMode {
 }
 
 impl PubSubSpec {
+    /// Whether the URL's scheme asks for TLS (`tls://`, `amqps://`, `mqtts://`, `ssl://`,
+    /// `rediss://`).
+    pub fn uses_tls(&self) -> bool {
+        self.url
+            .as_deref()
+            .and_then(|url| url.split_once("://"))
+            .is_some_and(|(scheme, _)| self.kind.tls_schemes().contains(&scheme))
+    }
+
     /// Checks every field; paths are relative to `v`'s prefix.
     pub fn validate(&self, v: &mut Validator) {
         match (&self.url, self.kind) {
@@ -234,17 +279,113 @@ impl PubSubSpec {
             }
             let ok = match key.as_str() {
                 "queueType" => matches!(value.as_str(), "quorum" | "classic"),
+                "partitions" => is_count(value, MAX_KAFKA_PARTITIONS),
+                "replicationFactor" => is_count(value, MAX_KAFKA_REPLICATION),
                 _ => is_prefix(value),
             };
             v.check(ok, "E3004", &field, || match key.as_str() {
                 "queueType" => format!("`{value}` is not a queue type: use quorum or classic"),
+                "partitions" => format!(
+                    "`{value}` is not a partition count: write a whole number from 1 to {MAX_KAFKA_PARTITIONS}, as a string (\"3\")"
+                ),
+                "replicationFactor" => format!(
+                    "`{value}` is not a replication factor: write a whole number from 1 to {MAX_KAFKA_REPLICATION}, as a string (\"3\")"
+                ),
                 _ => format!("`{value}` is not a prefix: 1–64 letters, digits, `-` or `_`"),
             });
         }
+        if let Some(tls) = &self.tls {
+            self.check_tls(tls, v);
+        }
+        if let Some(url) = &self.url
+            && self.kind == BrokerType::RedisStreams
+            && url
+                .split_once('#')
+                .is_some_and(|(_, fragment)| fragment.contains("insecure"))
+        {
+            v.error(
+                "E3006",
+                "url",
+                "`#insecure` would skip the certificate check, which ieum does not allow: remove it, and trust a private CA with `tls: {caFile: PATH}`",
+            );
+        }
+    }
+
+    fn check_tls(&self, tls: &PubSubTls, v: &mut Validator) {
+        let tls_schemes = self.kind.tls_schemes();
+        if tls_schemes.is_empty() {
+            v.error(
+                "E3006",
+                "tls",
+                format!("`{}` takes no tls: remove it", self.kind.as_str()),
+            );
+        } else if self.url.is_some() && !self.uses_tls() {
+            let scheme = self
+                .url
+                .as_deref()
+                .and_then(|u| u.split_once("://"))
+                .map_or("", |(scheme, _)| scheme);
+            v.error(
+                "E3006",
+                "tls",
+                format!(
+                    "applies to TLS connections only, and `{scheme}://` is plain TCP: write the url as {}, or remove `tls`",
+                    tls_schemes
+                        .iter()
+                        .map(|s| format!("{s}://"))
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ),
+            );
+        }
+        v.nested("tls", |v| {
+            if let Some(path) = &tls.ca_file {
+                v.check(
+                    !path.trim().is_empty() && !path.chars().any(char::is_control),
+                    "E3006",
+                    "caFile",
+                    || {
+                        "is empty: give the path of a PEM file with the CA certificate(s) that sign the broker's certificate, or remove caFile to trust the platform's roots".into()
+                    },
+                );
+            }
+            if let Some(name) = &tls.server_name {
+                v.check(is_server_name(name), "E3006", "serverName", || {
+                    format!(
+                        "`{name}` is not a DNS name or IP address: write the name in the broker's certificate, like `broker.internal`"
+                    )
+                });
+            }
+        });
     }
 }
 
+/// A DNS name (letters, digits, `-`, dot-separated labels of 1–63, at most 253 in all) or
+/// an IP address: what a certificate can name.
+fn is_server_name(s: &str) -> bool {
+    if s.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let name = s.strip_suffix('.').unwrap_or(s);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
 fn check_url(url: &str, kind: BrokerType, v: &mut Validator) {
+    if kind == BrokerType::Kafka && !url.contains("://") {
+        // Kafka's own form: a bootstrap list `host:port,host:port`.
+        check_kafka_hosts(url, url, v);
+        return;
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         v.error(
             "E3001",
@@ -281,6 +422,10 @@ fn check_url(url: &str, kind: BrokerType, v: &mut Validator) {
         }
         None => authority,
     };
+    if kind == BrokerType::Kafka {
+        check_kafka_hosts(url, host, v);
+        return;
+    }
     v.check(
         !host.is_empty() && !host.chars().any(|c| c.is_whitespace() || c.is_control()),
         "E3001",
@@ -289,11 +434,41 @@ fn check_url(url: &str, kind: BrokerType, v: &mut Validator) {
     );
 }
 
+/// A Kafka bootstrap list: `host[:port]` entries separated by commas, none empty.
+fn check_kafka_hosts(url: &str, hosts: &str, v: &mut Validator) {
+    v.check(
+        hosts.split(',').all(|h| {
+            !h.is_empty()
+                && !h.starts_with(':')
+                && !h
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '@')
+        }),
+        "E3001",
+        "url",
+        || {
+            format!(
+                "`{url}` is not a list of brokers: write kafka://HOST:PORT or HOST:PORT,HOST:PORT"
+            )
+        },
+    );
+}
+
 fn is_env_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !s.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// Most partitions of a topic the bridge creates (`metadata.partitions`).
+const MAX_KAFKA_PARTITIONS: u32 = 10_000;
+/// Highest replication factor of a topic the bridge creates (`metadata.replicationFactor`).
+const MAX_KAFKA_REPLICATION: u32 = 32;
+
+/// A whole number from 1 to `max`, digits only.
+fn is_count(s: &str, max: u32) -> bool {
+    s.chars().all(|c| c.is_ascii_digit()) && s.parse::<u32>().is_ok_and(|n| (1..=max).contains(&n))
 }
 
 fn is_prefix(s: &str) -> bool {
@@ -600,6 +775,112 @@ mod tests {
             "type: rabbitmq\nurl: amqp://guest@127.0.0.1:5672/%2f\ncredentials: {username: guest, fromEnv: AMQP_PASSWORD}\n",
         );
         assert!(errors_of(&|v| spec.validate(v)).is_empty());
+    }
+
+    #[test]
+    fn pubsub_tls_needs_a_tls_url_and_a_ca_path() {
+        for (url, kind) in [
+            ("tls://127.0.0.1:4222", "nats-jetstream"),
+            ("amqps://guest@broker:5671/%2f", "rabbitmq"),
+            ("mqtts://broker:8883", "mqtt"),
+            ("ssl://broker:8883", "mqtt"),
+            ("rediss://broker:6380/0", "redis-streams"),
+        ] {
+            let spec = pubsub(&format!(
+                "type: {kind}\nurl: {url}\ntls: {{caFile: /etc/ieum/ca.pem, serverName: broker.internal}}\n"
+            ));
+            assert!(errors_of(&|v| spec.validate(v)).is_empty(), "{url}");
+            assert!(spec.uses_tls(), "{url}");
+            let json = serde_json::to_value(&spec).unwrap();
+            assert_eq!(json["tls"]["caFile"], "/etc/ieum/ca.pem");
+            assert_eq!(json["tls"]["serverName"], "broker.internal");
+        }
+        // TLS by the scheme alone, trusting the platform's roots.
+        let spec = pubsub("type: rabbitmq\nurl: amqps://broker\n");
+        assert!(spec.uses_tls());
+        assert!(errors_of(&|v| spec.validate(v)).is_empty());
+        let spec = pubsub("type: mqtt\nurl: mqtt://broker:1883\n");
+        assert!(!spec.uses_tls());
+
+        let spec = pubsub("type: rabbitmq\nurl: amqp://broker:5672\ntls: {caFile: /ca.pem}\n");
+        assert_eq!(errors_of(&|v| spec.validate(v)), ["E3006 spec.tls"]);
+        let mut v = Validator::new("spec");
+        spec.validate(&mut v);
+        let message = v.finish().unwrap_err()[0].to_string();
+        assert!(message.contains("amqps://"), "{message}");
+        let spec = pubsub("type: nats-jetstream\nurl: nats://broker:4222\ntls: {}\n");
+        assert_eq!(errors_of(&|v| spec.validate(v)), ["E3006 spec.tls"]);
+        let spec = pubsub(
+            "type: redis-streams\nurl: rediss://broker\ntls: {caFile: '', serverName: 'not a name'}\n",
+        );
+        assert_eq!(
+            errors_of(&|v| spec.validate(v)),
+            ["E3006 spec.tls.caFile", "E3006 spec.tls.serverName"]
+        );
+        let spec = pubsub("type: memory\ntls: {caFile: /ca.pem}\n");
+        assert_eq!(errors_of(&|v| spec.validate(v)), ["E3006 spec.tls"]);
+        // Redis' own switch for skipping the certificate check is refused.
+        let spec = pubsub("type: redis-streams\nurl: 'rediss://broker:6380/#insecure'\n");
+        assert_eq!(errors_of(&|v| spec.validate(v)), ["E3006 spec.url"]);
+        // No skip-verify option: an unknown field is refused by the parser.
+        assert!(
+            serde_yaml_ng::from_str::<PubSubSpec>(
+                "type: rabbitmq\nurl: amqps://broker\ntls: {insecureSkipVerify: true}\n"
+            )
+            .is_err()
+        );
+        for ok in [
+            "localhost",
+            "broker.internal",
+            "127.0.0.1",
+            "::1",
+            "a-b.example.com.",
+        ] {
+            assert!(is_server_name(ok), "{ok}");
+        }
+        for bad in ["", "a b", "-a.example", "a..b", &"x".repeat(64)] {
+            assert!(!is_server_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn kafka_takes_a_bootstrap_list_and_topic_options() {
+        for url in [
+            "kafka://127.0.0.1:9092",
+            "kafka://a:9092,b:9092",
+            "127.0.0.1:9092",
+            "a:9092,b:9092,c",
+        ] {
+            let spec = pubsub(&format!(
+                "type: kafka\nurl: '{url}'\nmetadata: {{partitions: '6', replicationFactor: '3'}}\n"
+            ));
+            assert!(errors_of(&|v| spec.validate(v)).is_empty(), "{url}");
+        }
+        for url in [
+            "a:9092,,b:9092",
+            "a b:9092",
+            "kafka://",
+            "kafka://u:p@a:9092",
+            "nats://a:4222",
+        ] {
+            let spec = pubsub(&format!("type: kafka\nurl: '{url}'\n"));
+            assert!(
+                errors_of(&|v| spec.validate(v)).contains(&"E3001 spec.url".to_owned())
+                    || errors_of(&|v| spec.validate(v)).contains(&"E3002 spec.url".to_owned()),
+                "{url}"
+            );
+        }
+        let spec = pubsub(
+            "type: kafka\nurl: a:9092\nmetadata: {partitions: '0', replicationFactor: x, keyPrefix: p}\n",
+        );
+        assert_eq!(
+            errors_of(&|v| spec.validate(v)),
+            [
+                "E3004 spec.metadata.keyPrefix",
+                "E3004 spec.metadata.partitions",
+                "E3004 spec.metadata.replicationFactor",
+            ]
+        );
     }
 
     #[test]

@@ -54,11 +54,18 @@ pub enum EventKind {
     /// sidecar, coalesced so an outage is a few events).
     #[serde(rename = "breaker.changed")]
     BreakerChanged,
+    /// A consumer's sidecar sent an event to the dead-letter topic (retries exhausted, the
+    /// app rejected it or answered `DROP`); reported with the event's id and the reason.
+    #[serde(rename = "event.dead_lettered")]
+    EventDeadLettered,
+    /// A consumer's sidecar discarded an event (no dead-letter topic was set).
+    #[serde(rename = "event.dropped")]
+    EventDropped,
 }
 
 impl EventKind {
     /// Every kind, for documentation and filters.
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::ServiceCreated,
         EventKind::ServiceUpdated,
         EventKind::InstanceRegistered,
@@ -73,6 +80,8 @@ impl EventKind {
         EventKind::RegistryStarted,
         EventKind::ConfigChanged,
         EventKind::BreakerChanged,
+        EventKind::EventDeadLettered,
+        EventKind::EventDropped,
     ];
 
     /// The dotted name, e.g. `instance.down`.
@@ -92,6 +101,8 @@ impl EventKind {
             EventKind::RegistryStarted => "registry.started",
             EventKind::ConfigChanged => "config.changed",
             EventKind::BreakerChanged => "breaker.changed",
+            EventKind::EventDeadLettered => "event.dead_lettered",
+            EventKind::EventDropped => "event.dropped",
         }
     }
 

@@ -12,6 +12,8 @@ pub const MAX_SIGNALS: usize = 1000;
 pub const MAX_BREAKER_CHANGES: usize = 100;
 /// Most topic lines in one report.
 pub const MAX_TOPICS: usize = 1000;
+/// Most event records in one report.
+pub const MAX_EVENTS: usize = 500;
 
 /// Body of `POST /v1/services/{name}/instances/{id}/telemetry`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -29,6 +31,94 @@ pub struct TelemetryReport {
     /// from sidecars older than the field, hence the default).
     #[serde(default)]
     pub topics: Vec<TopicSignals>,
+    /// Single events the sidecar saw since the last report: every one that was
+    /// dead-lettered or dropped, every one carrying a correlation id, and a few others
+    /// per topic as samples (absent from older sidecars, hence the default).
+    #[serde(default)]
+    pub events: Vec<EventRecord>,
+}
+
+/// What happened to one event in a sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum EventOutcome {
+    /// The app published it and the broker acknowledged.
+    Published,
+    /// The app took it (2xx).
+    Delivered,
+    /// A delivery failed and the event went back to the broker for another try.
+    Retried,
+    /// It went to the dead-letter topic.
+    DeadLettered,
+    /// It was discarded (no dead-letter topic).
+    Dropped,
+}
+
+impl EventOutcome {
+    /// The camelCase name, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventOutcome::Published => "published",
+            EventOutcome::Delivered => "delivered",
+            EventOutcome::Retried => "retried",
+            EventOutcome::DeadLettered => "deadLettered",
+            EventOutcome::Dropped => "dropped",
+        }
+    }
+
+    /// Whether the event is lost to its consumer (a timeline event on the service).
+    pub fn is_failure(self) -> bool {
+        matches!(self, EventOutcome::DeadLettered | EventOutcome::Dropped)
+    }
+}
+
+/// One event as a sidecar saw it: enough to list a correlation's events in order and to
+/// put a dead letter on the consumer's timeline, never the payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventRecord {
+    /// When the sidecar saw the outcome (its clock).
+    pub at: Timestamp,
+    /// The `PubSub` (or `Binding`) the event went through.
+    pub pubsub: String,
+    /// The topic.
+    pub topic: String,
+    /// `publish` or `consume`.
+    pub direction: String,
+    /// What happened.
+    pub outcome: EventOutcome,
+    /// The CloudEvent `id`.
+    pub id: String,
+    /// The CloudEvent `source`.
+    pub source: String,
+    /// The CloudEvent `type`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The delivery attempt (1 for the first; 0 for a publish).
+    #[serde(default)]
+    pub attempt: u32,
+    /// The `correlationid` extension, when the event has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// The W3C trace id from the event's `traceparent`, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// Why it failed, for dead letters, drops and retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A stored event record: which service and instance reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventSighting {
+    /// The reporting service.
+    pub service: String,
+    /// The reporting instance.
+    pub instance: String,
+    /// The record.
+    #[serde(flatten)]
+    pub event: EventRecord,
 }
 
 /// Events of one `PubSub`, topic and direction over a report's window: counts within the
@@ -148,6 +238,25 @@ fn plain(s: &str, max: usize) -> bool {
     !s.is_empty() && s.len() <= max && !s.chars().any(char::is_control)
 }
 
+/// Checks what a topic line and an event record share: `direction`, `pubsub` and `topic`.
+fn check_topic_line(v: &mut Validator, code: &str, f: &str, [direction, pubsub, topic]: [&str; 3]) {
+    v.check(
+        direction == "publish" || direction == "consume",
+        code,
+        &format!("{f}.direction"),
+        || format!("`{direction}`: use publish or consume"),
+    );
+    v.check(
+        Name::parse(pubsub).is_ok(),
+        code,
+        &format!("{f}.pubsub"),
+        || format!("`{pubsub}` is not a PubSub name"),
+    );
+    if let Err(why) = crate::bridge::validate_topic(topic) {
+        v.check(false, code, &format!("{f}.topic"), || why.clone());
+    }
+}
+
 impl TelemetryReport {
     /// Checks sizes, names and ranges.
     pub fn validate(&self, v: &mut Validator) {
@@ -179,20 +288,27 @@ impl TelemetryReport {
         });
         for (i, t) in self.topics.iter().enumerate() {
             let f = format!("topics[{i}]");
-            v.check(
-                t.direction == "publish" || t.direction == "consume",
-                "E1304",
-                &format!("{f}.direction"),
-                || format!("`{}`: use publish or consume", t.direction),
-            );
-            v.check(
-                Name::parse(&t.pubsub).is_ok(),
-                "E1304",
-                &format!("{f}.pubsub"),
-                || format!("`{}` is not a PubSub name", t.pubsub),
-            );
-            if let Err(why) = crate::bridge::validate_topic(&t.topic) {
-                v.check(false, "E1304", &format!("{f}.topic"), || why.clone());
+            check_topic_line(v, "E1304", &f, [&t.direction, &t.pubsub, &t.topic]);
+        }
+        v.check(self.events.len() <= MAX_EVENTS, "E1305", "events", || {
+            format!("at most {MAX_EVENTS} records (has {})", self.events.len())
+        });
+        for (i, e) in self.events.iter().enumerate() {
+            let f = format!("events[{i}]");
+            check_topic_line(v, "E1305", &f, [&e.direction, &e.pubsub, &e.topic]);
+            for (field, value, max) in [
+                ("id", Some(e.id.as_str()), 256),
+                ("source", Some(e.source.as_str()), 512),
+                ("type", Some(e.event_type.as_str()), 256),
+                ("correlationId", e.correlation_id.as_deref(), 256),
+                ("traceId", e.trace_id.as_deref(), 32),
+                ("reason", e.reason.as_deref(), 512),
+            ] {
+                if let Some(value) = value {
+                    v.check(plain(value, max), "E1305", &format!("{f}.{field}"), || {
+                        format!("1 to {max} characters without control characters")
+                    });
+                }
             }
         }
         for (i, s) in self.signals.iter().enumerate() {
@@ -343,6 +459,7 @@ mod tests {
                 ..r.breakers[0].clone()
             }],
             topics: Vec::new(),
+            events: Vec::new(),
         };
         let mut v = Validator::new("");
         bad.validate(&mut v);
@@ -361,5 +478,64 @@ mod tests {
                 "breakers[0]"
             ]
         );
+    }
+
+    #[test]
+    fn event_records_parse_and_are_checked() {
+        let r: TelemetryReport = serde_json::from_value(serde_json::json!({
+            "window": "5s",
+            "events": [{"at": "2026-11-26T12:00:00Z", "pubsub": "bus", "topic": "orders.placed",
+                "direction": "consume", "outcome": "deadLettered", "id": "e-1",
+                "source": "orders", "type": "order.placed", "attempt": 4,
+                "correlationId": "order-7", "reason": "the app answered 500"}]
+        }))
+        .unwrap();
+        let mut v = Validator::new("");
+        r.validate(&mut v);
+        assert!(v.finish().is_ok());
+        let e = &r.events[0];
+        assert_eq!(e.outcome, EventOutcome::DeadLettered);
+        assert!(e.outcome.is_failure() && !EventOutcome::Retried.is_failure());
+        assert_eq!(e.correlation_id.as_deref(), Some("order-7"));
+        assert_eq!(
+            serde_json::to_value(e).unwrap()["type"],
+            serde_json::json!("order.placed")
+        );
+
+        let hostile = TelemetryReport {
+            events: vec![EventRecord {
+                direction: "sideways".into(),
+                id: String::new(),
+                correlation_id: Some("a\nb".into()),
+                ..e.clone()
+            }],
+            ..r.clone()
+        };
+        let mut v = Validator::new("");
+        hostile.validate(&mut v);
+        let errors = v.finish().unwrap_err();
+        assert!(errors.iter().all(|e| e.code == "E1305"), "{errors:?}");
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "events[0].direction",
+                "events[0].id",
+                "events[0].correlationId"
+            ]
+        );
+        let many = TelemetryReport {
+            events: vec![e.clone(); MAX_EVENTS + 1],
+            ..r
+        };
+        let mut v = Validator::new("");
+        many.validate(&mut v);
+        let fields: Vec<String> = v
+            .finish()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(fields, ["events"]);
     }
 }

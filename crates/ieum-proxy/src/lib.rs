@@ -527,6 +527,17 @@ impl Sidecar {
         self.shared.breakers.subscribe()
     }
 
+    /// Sends `type: memory` PubSubs to the server at `url` (with its bearer `token`), which
+    /// hosts them for every sidecar, so services in different processes share them.
+    /// Call it right after [`Sidecar::start`], before the app publishes; without it a
+    /// `memory` PubSub lives in this process only.
+    pub fn host_memory_pubsubs(&self, url: &str, token: Option<String>) {
+        self.shared.bridge.set_memory_host(ieum_bridge::MemoryHost {
+            url: url.to_owned(),
+            token,
+        });
+    }
+
     /// Activates subscriptions (call it once the app is healthy, before registering):
     /// asks the app for the ones it declares (`GET /ieum/subscriptions`) when told to,
     /// then starts those and the `Subscription`s and input `Binding`s of this service.
@@ -547,6 +558,12 @@ impl Sidecar {
     /// difference of two samples gives the rates between them.
     pub fn topic_traffic(&self) -> Vec<TopicTraffic> {
         self.shared.bridge.metrics.traffic()
+    }
+
+    /// The single events kept since the last call (dead letters, drops, correlated events
+    /// and a few samples per topic), and how many did not fit, for the telemetry report.
+    pub fn take_event_records(&self) -> (Vec<ieum_model::telemetry::EventRecord>, u64) {
+        self.shared.bridge.metrics.log.take()
     }
 
     /// Stops every listener and background task.

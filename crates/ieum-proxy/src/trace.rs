@@ -16,6 +16,14 @@
 //! (`http.request.method`, `url.path`, `http.response.status_code`, `server.address`,
 //! `error.type`) plus `ieum.direction`, `ieum.dst_service`, `ieum.route` and
 //! `ieum.retry.attempts`.
+//!
+//! Events follow the same trace: a publish records a `PRODUCER` span (`send TOPIC`, child
+//! of the outbound hop) and writes its context into the event's `traceparent` extension;
+//! each delivery records a `CONSUMER` span (`process TOPIC`) whose parent is that
+//! extension, and the app sees the consumer span as its parent. Their attributes follow
+//! the OpenTelemetry messaging and CloudEvents conventions (`messaging.*`,
+//! `cloudevents.event_*`) plus `ieum.pubsub`, `ieum.delivery.attempt` and
+//! `ieum.correlation_id`.
 
 use std::time::SystemTime;
 
@@ -166,6 +174,21 @@ impl Hop {
     }
 }
 
+impl Hop {
+    /// A hop below the context `traceparent` names (same trace, new span id), or `None`
+    /// when it is missing or malformed.
+    pub(crate) fn child_of(traceparent: Option<&str>) -> Option<Hop> {
+        let parent = TraceContext::parse(traceparent?.as_bytes())?;
+        Some(Hop {
+            parent: Some(parent.span_id),
+            ctx: TraceContext {
+                span_id: new_span_id(),
+                ..parent
+            },
+        })
+    }
+}
+
 /// Which side of the call a span describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -305,6 +328,109 @@ impl Pending {
             }),
             ..Default::default()
         }
+    }
+}
+
+/// When a span started, on the wall clock (for its timestamps) and the monotonic one (for
+/// its duration).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SpanClock {
+    start: SystemTime,
+    started: Instant,
+}
+
+impl SpanClock {
+    pub(crate) fn start() -> SpanClock {
+        SpanClock {
+            start: SystemTime::now(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Start and end, in Unix nanoseconds.
+    fn bounds(&self) -> (u64, u64) {
+        let start = unix_nanos(self.start);
+        let end = start
+            .saturating_add(u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        (start, end)
+    }
+}
+
+/// The side of a messaging span (OpenTelemetry messaging conventions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MessagingKind {
+    /// The app's publish, through the sidecar to the broker (`PRODUCER`, `send`).
+    Send,
+    /// A delivery of an event to the app (`CONSUMER`, `process`).
+    Process,
+}
+
+/// What a messaging span says.
+pub(crate) struct Messaging<'a> {
+    /// The span's own context and its parent: for `Process`, the event's `traceparent`.
+    pub(crate) hop: Hop,
+    pub(crate) kind: MessagingKind,
+    pub(crate) started: SpanClock,
+    pub(crate) pubsub: &'a str,
+    pub(crate) topic: &'a str,
+    /// The consumer group, for deliveries.
+    pub(crate) group: Option<&'a str>,
+    pub(crate) event: &'a ieum_bridge::CloudEvent,
+    /// The delivery attempt (deliveries only).
+    pub(crate) attempt: u32,
+    /// Why it failed, when it did.
+    pub(crate) error: Option<&'a str>,
+}
+
+/// A finished messaging span: `send TOPIC` or `process TOPIC`, with the
+/// `messaging.*` attributes, the event's id, type and correlation id.
+pub(crate) fn messaging_span(m: &Messaging<'_>) -> Span {
+    let (start, end) = m.started.bounds();
+    let (operation, kind) = match m.kind {
+        MessagingKind::Send => ("send", SpanKind::Producer),
+        MessagingKind::Process => ("process", SpanKind::Consumer),
+    };
+    let mut attributes = vec![
+        string("messaging.system", "ieum"),
+        string("messaging.operation.type", operation),
+        string("messaging.destination.name", m.topic),
+        string("messaging.message.id", &m.event.id),
+        string("cloudevents.event_id", &m.event.id),
+        string("cloudevents.event_source", &m.event.source),
+        string("cloudevents.event_type", &m.event.ty),
+        string("ieum.pubsub", m.pubsub),
+    ];
+    if let Some(group) = m.group {
+        attributes.push(string("messaging.consumer.group.name", group));
+    }
+    if m.kind == MessagingKind::Process {
+        attributes.push(int("ieum.delivery.attempt", i64::from(m.attempt)));
+    }
+    if let Some(c) = m.event.extension(ieum_bridge::cloudevents::CORRELATION_ID) {
+        attributes.push(string("ieum.correlation_id", c));
+    }
+    if let Some(e) = m.error {
+        attributes.push(string("error.type", e));
+    }
+    Span {
+        trace_id: m.hop.ctx.trace_id.to_vec(),
+        span_id: m.hop.ctx.span_id.to_vec(),
+        parent_span_id: m.hop.parent.map(|p| p.to_vec()).unwrap_or_default(),
+        flags: u32::from(m.hop.ctx.flags & 1) | if m.hop.parent.is_some() { 0x300 } else { 0x100 },
+        name: format!("{operation} {}", m.topic),
+        kind: kind as i32,
+        start_time_unix_nano: start,
+        end_time_unix_nano: end,
+        attributes,
+        status: Some(Status {
+            message: m.error.unwrap_or_default().to_owned(),
+            code: if m.error.is_some() {
+                StatusCode::Error
+            } else {
+                StatusCode::Unset
+            } as i32,
+        }),
+        ..Default::default()
     }
 }
 

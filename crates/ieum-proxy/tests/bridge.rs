@@ -1,7 +1,8 @@
 //! The sidecar bridge over real sockets: a control plane in process, sidecars of two
 //! services, test apps that publish through their sidecar and record what is delivered.
-//! Every test runs on the in-memory broker; the core ones also on NATS JetStream when
-//! `IEUM_TEST_NATS_URL` is set (and print why they skip it otherwise).
+//! Every test runs on the in-memory broker; the core ones also on NATS JetStream and Kafka
+//! when `IEUM_TEST_NATS_URL` / `IEUM_TEST_KAFKA_URL` are set (and print why they skip them
+//! otherwise).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -27,7 +28,7 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
 }
 
-/// The brokers a test runs on: `memory` always, NATS when its URL is set.
+/// The brokers a test runs on: `memory` always, NATS and Kafka when their URLs are set.
 fn brokers() -> Vec<(&'static str, String)> {
     let mut out = vec![("memory", "type: memory\n".to_owned())];
     match std::env::var("IEUM_TEST_NATS_URL") {
@@ -36,6 +37,13 @@ fn brokers() -> Vec<(&'static str, String)> {
             format!("type: nats-jetstream\nurl: {url}\nredeliverAfter: 2s\n"),
         )),
         _ => eprintln!("skipped for nats-jetstream: set IEUM_TEST_NATS_URL to run it"),
+    }
+    match std::env::var("IEUM_TEST_KAFKA_URL") {
+        Ok(url) if !url.is_empty() => out.push((
+            "kafka",
+            format!("type: kafka\nurl: '{url}'\nredeliverAfter: 2s\n"),
+        )),
+        _ => eprintln!("skipped for kafka: set IEUM_TEST_KAFKA_URL to run it"),
     }
     out
 }

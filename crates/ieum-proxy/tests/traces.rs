@@ -401,3 +401,135 @@ async fn a_collector_that_never_answers_does_not_slow_requests() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn an_event_is_traced_from_the_publish_through_the_broker_to_the_app() {
+    let (collector, received) = http_collector().await;
+    let server = Server::start().await;
+    let bus = format!("bus-{:08x}", rand::random::<u32>());
+    server
+        .apply(&format!(
+            "apiVersion: ieum.dev/v1\nkind: PubSub\nmetadata: {{name: {bus}}}\nspec: {{type: memory}}\n---\n\
+             apiVersion: ieum.dev/v1\nkind: Subscription\nmetadata: {{name: billing-orders}}\n\
+             spec: {{pubsub: {bus}, topic: orders.placed, service: billing, route: /events}}\n"
+        ))
+        .await;
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let record = seen.clone();
+    let app_addr = app(move |req: http::Request<hyper::body::Incoming>| {
+        let tp = req
+            .headers()
+            .get("traceparent")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        record.lock().unwrap().push(tp);
+        async { reply(200, "") }
+    })
+    .await;
+    let c = client(&server, "billing", &[]);
+    until(&c, "the subscription", |snap| {
+        snap.resources.contains_key("Subscription/billing-orders")
+    })
+    .await;
+    let billing = sidecar_with(c, "billing", app_addr, |c| {
+        c.otlp = Some(otlp(collector, OtlpProtocol::HttpProtobuf, "billing"));
+    })
+    .await;
+    billing
+        .start_subscriptions(ieum_proxy::BridgeOptions {
+            consumer: "billing-1".into(),
+            ask_app: false,
+        })
+        .await;
+    billing
+        .subscriptions_ready(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let c = client(&server, "orders", &[]);
+    let key = format!("PubSub/{bus}");
+    until(&c, "the PubSub", |snap| snap.resources.contains_key(&key)).await;
+    let orders = sidecar_with(c, "orders", "127.0.0.1:9".parse().unwrap(), |c| {
+        c.otlp = Some(otlp(collector, OtlpProtocol::HttpProtobuf, "orders"));
+    })
+    .await;
+
+    let app_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let app_span = "00f067aa0ba902b7";
+    let res = direct()
+        .post(format!(
+            "http://{}/v1/publish/{bus}/orders.placed",
+            orders.outbound_addr()
+        ))
+        .header("traceparent", format!("00-{app_trace}-{app_span}-01"))
+        .header("ce-correlationid", "order-7")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no delivery");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let at_app = seen.lock().unwrap()[0].clone();
+    let (trace, app_parent, _) = ids(&at_app);
+    assert_eq!(trace, app_trace, "the trace crosses the broker");
+
+    // The outbound hop (client), the publish (producer), the delivery (consumer).
+    let spans = spans_of(&received, app_trace, 3).await;
+    let find = |kind: SpanKind| {
+        spans
+            .iter()
+            .find(|(_, span)| span.kind == kind as i32)
+            .unwrap_or_else(|| panic!("a {kind:?} span in {spans:#?}"))
+    };
+    let (_, hop) = find(SpanKind::Client);
+    let (svc_p, producer) = find(SpanKind::Producer);
+    let (svc_c, consumer) = find(SpanKind::Consumer);
+    assert_eq!((svc_p.as_str(), svc_c.as_str()), ("orders", "billing"));
+    assert_eq!(hex(&hop.parent_span_id), app_span);
+    assert_eq!(
+        producer.parent_span_id, hop.span_id,
+        "publish under the hop"
+    );
+    assert_eq!(
+        consumer.parent_span_id, producer.span_id,
+        "the delivery is the child of the publish, through the event's traceparent"
+    );
+    assert_eq!(app_parent, hex(&consumer.span_id), "the app's parent");
+    assert_eq!(producer.name, "send orders.placed");
+    assert_eq!(consumer.name, "process orders.placed");
+    assert_eq!(attr(producer, "messaging.operation.type"), s("send"));
+    assert_eq!(
+        attr(consumer, "messaging.destination.name"),
+        s("orders.placed")
+    );
+    assert_eq!(
+        attr(consumer, "messaging.consumer.group.name"),
+        s("billing")
+    );
+    assert_eq!(attr(consumer, "ieum.delivery.attempt"), i(1));
+    assert_eq!(attr(consumer, "ieum.correlation_id"), s("order-7"));
+    assert_eq!(attr(consumer, "ieum.pubsub"), s(&bus));
+    assert_eq!(
+        attr(producer, "messaging.message.id"),
+        attr(consumer, "messaging.message.id")
+    );
+
+    // Both sidecars keep a record of the correlated event for their next report.
+    let (published, _) = orders.take_event_records();
+    assert_eq!(published.len(), 1, "{published:#?}");
+    assert_eq!(published[0].correlation_id.as_deref(), Some("order-7"));
+    assert_eq!(published[0].trace_id.as_deref(), Some(app_trace));
+    assert_eq!(published[0].direction, "publish");
+    let (consumed, _) = billing.take_event_records();
+    assert_eq!(consumed.len(), 1, "{consumed:#?}");
+    assert_eq!(consumed[0].id, published[0].id);
+    assert_eq!(
+        consumed[0].outcome,
+        ieum_model::telemetry::EventOutcome::Delivered
+    );
+    server.stop().await;
+}

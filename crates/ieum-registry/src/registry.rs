@@ -147,6 +147,10 @@ pub(crate) struct Core {
     /// Event counts per topic reported by sidecars, per reporting service, newest last;
     /// bounded like `signals` (the same retention and the same most samples per service).
     topics: Mutex<BTreeMap<String, VecDeque<ieum_model::telemetry::TopicSample>>>,
+    /// Single events reported by sidecars (dead letters, correlated events, samples),
+    /// with when they were received, oldest first; bounded by [`SIGNAL_RETENTION`] and
+    /// [`MAX_EVENT_SIGHTINGS`].
+    sightings: Mutex<VecDeque<(Timestamp, ieum_model::telemetry::EventSighting)>>,
     /// Memos for read-only views (current breaker states).
     views: views::Views,
 }
@@ -155,6 +159,63 @@ pub(crate) struct Core {
 pub const SIGNAL_RETENTION: Duration = Duration::from_secs(3600);
 /// Most signal samples kept per service.
 pub const MAX_SIGNAL_SAMPLES: usize = 20_000;
+/// Most single events kept from sidecars' reports (all services together).
+pub const MAX_EVENT_SIGHTINGS: usize = 50_000;
+/// Most dead-letter and drop events one report puts on a timeline; the last one counts
+/// the rest.
+pub const MAX_FAILURE_EVENTS_PER_REPORT: usize = 10;
+
+/// The timeline events of a report's dead letters and drops: one per event, at most
+/// [`MAX_FAILURE_EVENTS_PER_REPORT`], the last one counting those left out.
+fn failure_events(
+    now: Timestamp,
+    service: &str,
+    instance: &str,
+    author: &str,
+    records: &[ieum_model::telemetry::EventRecord],
+) -> Vec<Change> {
+    let failed: Vec<&ieum_model::telemetry::EventRecord> =
+        records.iter().filter(|r| r.outcome.is_failure()).collect();
+    let shown = failed.len().min(MAX_FAILURE_EVENTS_PER_REPORT);
+    failed
+        .iter()
+        .take(shown)
+        .enumerate()
+        .map(|(i, r)| {
+            let (kind, what) = match r.outcome {
+                ieum_model::telemetry::EventOutcome::Dropped => {
+                    (EventKind::EventDropped, "dropped")
+                }
+                _ => (EventKind::EventDeadLettered, "dead-lettered"),
+            };
+            let mut message = format!(
+                "event {} ({}) from {}/{} {what} after {} attempt{}: {}",
+                r.id,
+                r.event_type,
+                r.pubsub,
+                r.topic,
+                r.attempt,
+                if r.attempt == 1 { "" } else { "s" },
+                r.reason.as_deref().unwrap_or("no reason given")
+            );
+            if i + 1 == shown && failed.len() > shown {
+                message += &format!(
+                    " ({} more dead-lettered or dropped in this report)",
+                    failed.len() - shown
+                );
+            }
+            event(
+                now,
+                kind,
+                service,
+                Some(instance),
+                message,
+                author,
+                serde_json::to_value(r).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
 
 /// Who waits for a write: the acknowledgement channel, if anyone.
 type Ack = oneshot::Sender<Result<Vec<Event>, String>>;
@@ -524,6 +585,7 @@ impl Registry {
             config_lock: tokio::sync::Mutex::new(()),
             signals: Mutex::new(BTreeMap::new()),
             topics: Mutex::new(BTreeMap::new()),
+            sightings: Mutex::new(VecDeque::new()),
             views: views::Views::default(),
         });
         let registry = Registry { core };
@@ -1115,10 +1177,30 @@ impl Registry {
             }
         }
         core.views.note_breakers(service, id, now, &report.breakers);
-        if report.breakers.is_empty() {
+        let failures = failure_events(now, service, id, author, &report.events);
+        if !report.events.is_empty() {
+            let mut sightings = core.sightings.lock().unwrap_or_else(|p| p.into_inner());
+            for e in report.events {
+                sightings.push_back((
+                    now,
+                    ieum_model::telemetry::EventSighting {
+                        service: service.to_owned(),
+                        instance: id.to_owned(),
+                        event: e,
+                    },
+                ));
+            }
+            let oldest = now.minus(SIGNAL_RETENTION);
+            while sightings.front().is_some_and(|(at, _)| *at < oldest)
+                || sightings.len() > MAX_EVENT_SIGHTINGS
+            {
+                sightings.pop_front();
+            }
+        }
+        if report.breakers.is_empty() && failures.is_empty() {
             return Ok(());
         }
-        let changes: Vec<Change> = report
+        let mut changes: Vec<Change> = report
             .breakers
             .iter()
             .map(|b| {
@@ -1141,9 +1223,54 @@ impl Registry {
                 )
             })
             .collect();
+        changes.extend(failures);
         let rx = core.send_acked(changes);
         core.wait(rx).await?;
         Ok(())
+    }
+
+    /// The events reported with correlation id `correlation`, in the order they happened
+    /// (by the reporting sidecar's clock; a publish before the deliveries of its event).
+    pub fn correlation(&self, correlation: &str) -> Vec<ieum_model::telemetry::EventSighting> {
+        let sightings = self
+            .core
+            .sightings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut list: Vec<_> = sightings
+            .iter()
+            .filter(|(_, s)| s.event.correlation_id.as_deref() == Some(correlation))
+            .map(|(_, s)| s.clone())
+            .collect();
+        list.sort_by(|a, b| {
+            (a.event.at, a.event.direction != "publish", a.event.attempt).cmp(&(
+                b.event.at,
+                b.event.direction != "publish",
+                b.event.attempt,
+            ))
+        });
+        list
+    }
+
+    /// The most recent `limit` events reported for `pubsub`/`topic`, newest first.
+    pub fn topic_events(
+        &self,
+        pubsub: &str,
+        topic: &str,
+        limit: usize,
+    ) -> Vec<ieum_model::telemetry::EventSighting> {
+        let sightings = self
+            .core
+            .sightings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        sightings
+            .iter()
+            .rev()
+            .filter(|(_, s)| s.event.pubsub == pubsub && s.event.topic == topic)
+            .take(limit)
+            .map(|(_, s)| s.clone())
+            .collect()
     }
 
     /// Signals reported by `service`'s sidecars since `since`, oldest first.

@@ -66,6 +66,7 @@ async fn fleet() -> Registry {
             p99_ms: Some(80.0),
         };
         let report = TelemetryReport {
+            events: Vec::new(),
             window: Duration::from_secs(10),
             signals: vec![line("inbound", name.as_str()), line("outbound", &next)],
             breakers: if n % 100 == 0 {

@@ -59,6 +59,8 @@ where
         .route("/ui/topology", get(topology))
         .route("/ui/topics", get(topics))
         .route("/ui/topics/{pubsub}/{topic}", get(topic))
+        .route("/ui/correlations", get(correlation_query))
+        .route("/ui/correlations/{id}", get(correlation))
         .route("/ui/config", get(config))
         .route("/ui/config/{kind}/{name}", get(resource))
         .route("/ui/events", get(events))
@@ -102,6 +104,20 @@ async fn topic(
     Path((pubsub, topic)): Path<(String, String)>,
 ) -> Response {
     pages::topics::page(&registry, &pubsub, &topic).into_response()
+}
+
+async fn correlation(State(registry): State<Registry>, Path(id): Path<String>) -> Response {
+    pages::topics::correlation(&registry, &id).into_response()
+}
+
+/// The topics page's form: `?id=` to the correlation's page.
+async fn correlation_query(Query(q): Params) -> Response {
+    match q.get("id").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        Some(id) => {
+            Redirect::to(&format!("/ui/correlations/{}", parts::encode_segment(id))).into_response()
+        }
+        None => Redirect::to("/ui/topics").into_response(),
+    }
 }
 
 async fn config(State(registry): State<Registry>) -> Response {

@@ -30,6 +30,20 @@ pub(crate) fn topic_link(pubsub: &str, topic: &str) -> Markup {
     html! { a.mono href=(topic_href(pubsub, topic)) { (pubsub) "/" (topic) } }
 }
 
+/// `s` as one path segment: everything but unreserved characters percent-encoded
+/// (correlation ids are free text).
+pub(crate) fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Kinds of events parsed from a `kind=a,b` query value (unknown ones are dropped, and
 /// returned apart so the page can say so).
 pub(crate) fn parse_kinds(value: Option<&str>) -> (Vec<EventKind>, Vec<String>) {
@@ -60,9 +74,11 @@ pub(crate) fn kinds_param(kinds: &[EventKind]) -> String {
 /// The colour of an event kind's badge.
 fn kind_class(kind: EventKind) -> &'static str {
     match kind {
-        EventKind::InstanceDown | EventKind::InstanceExpired | EventKind::ProtectionEntered => {
-            "bad"
-        }
+        EventKind::InstanceDown
+        | EventKind::InstanceExpired
+        | EventKind::ProtectionEntered
+        | EventKind::EventDeadLettered
+        | EventKind::EventDropped => "bad",
         EventKind::InstanceDraining | EventKind::BreakerChanged | EventKind::ConfigChanged => {
             "warn"
         }
@@ -74,7 +90,7 @@ fn kind_class(kind: EventKind) -> &'static str {
 /// Quick filters above a timeline: all, or one group of kinds. `base` is the page's path
 /// with any other query parameters (ending in `?` or `&`).
 pub(crate) fn kind_filter(base: &str, current: &[EventKind]) -> Markup {
-    let groups: [(&str, &[EventKind]); 6] = [
+    let groups: [(&str, &[EventKind]); 7] = [
         ("all", &[]),
         (
             "instances",
@@ -93,6 +109,10 @@ pub(crate) fn kind_filter(base: &str, current: &[EventKind]) -> Markup {
             &[EventKind::InstanceDown, EventKind::InstanceExpired],
         ),
         ("breakers", &[EventKind::BreakerChanged]),
+        (
+            "events",
+            &[EventKind::EventDeadLettered, EventKind::EventDropped],
+        ),
         (
             "configuration",
             &[

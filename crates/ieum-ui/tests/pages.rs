@@ -12,7 +12,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use ieum_model::service::{Interface, InterfaceKind, Sla};
-use ieum_model::telemetry::{BreakerChange, Signals, TelemetryReport, TopicSignals};
+use ieum_model::telemetry::{
+    BreakerChange, EventOutcome, EventRecord, Signals, TelemetryReport, TopicSignals,
+};
 use ieum_model::{Duration, InstanceRegistration, Name, ServiceSpec, Timestamp};
 use ieum_registry::{Options, Registry, TokioClock};
 use ieum_store::MemoryStore;
@@ -142,6 +144,7 @@ async fn shop() -> Registry {
         .await
         .unwrap();
     let report = TelemetryReport {
+        events: Vec::new(),
         window: Duration::from_secs(10),
         signals: vec![
             Signals {
@@ -557,6 +560,7 @@ async fn breakers_close_and_leave_with_their_caller() {
     let r = shop().await;
     let app = app(&r);
     let report = |to: &str| TelemetryReport {
+        events: Vec::new(),
         window: Duration::from_secs(10),
         signals: Vec::new(),
         breakers: vec![BreakerChange {
@@ -625,6 +629,7 @@ async fn events_shop() -> Registry {
         .await
         .unwrap();
     let report = |topics| TelemetryReport {
+        events: Vec::new(),
         window: Duration::from_secs(10),
         signals: Vec::new(),
         breakers: Vec::new(),
@@ -756,6 +761,7 @@ async fn hostile_topic_names_are_refused_and_escaped() {
             "orders",
             "orders-1",
             TelemetryReport {
+                events: Vec::new(),
                 window: Duration::from_secs(10),
                 signals: Vec::new(),
                 breakers: Vec::new(),
@@ -790,5 +796,175 @@ async fn hostile_topic_names_are_refused_and_escaped() {
     assert!(
         !html.contains("alert(1)"),
         "the refused report left nothing"
+    );
+}
+
+fn record(
+    direction: &str,
+    outcome: EventOutcome,
+    id: &str,
+    attempt: u32,
+    correlation: Option<&str>,
+    at: Timestamp,
+) -> EventRecord {
+    EventRecord {
+        at,
+        pubsub: "bus".into(),
+        topic: "orders.created".into(),
+        direction: direction.into(),
+        outcome,
+        id: id.into(),
+        source: "orders".into(),
+        event_type: "order.created".into(),
+        attempt,
+        correlation_id: correlation.map(str::to_owned),
+        trace_id: None,
+        reason: outcome
+            .is_failure()
+            .then(|| "the app answered 500 Internal Server Error".to_owned()),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn correlated_events_are_listed_in_order_and_dead_letters_reach_the_timeline() {
+    let r = events_shop().await;
+    let app = app(&r);
+    let t0 = r.now();
+    let at = |ms: i64| Timestamp::from_millis(t0.as_millis() + ms);
+    let report = |events| TelemetryReport {
+        window: Duration::from_secs(10),
+        signals: Vec::new(),
+        breakers: Vec::new(),
+        topics: Vec::new(),
+        events,
+    };
+    // The consumer reports before the publisher; the page still lists them in order.
+    let mut consumed = vec![
+        record(
+            "consume",
+            EventOutcome::Retried,
+            "e-1",
+            1,
+            Some("order 7"),
+            at(20),
+        ),
+        record(
+            "consume",
+            EventOutcome::Delivered,
+            "e-1",
+            2,
+            Some("order 7"),
+            at(400),
+        ),
+    ];
+    // Twelve dead letters in one report: ten timeline events, the last counting the rest.
+    for n in 0..12 {
+        consumed.push(record(
+            "consume",
+            EventOutcome::DeadLettered,
+            &format!("dead-{n}"),
+            4,
+            (n == 0).then_some("<script>x</script>"),
+            at(500 + n),
+        ));
+    }
+    r.report_telemetry("billing", "billing-1", report(consumed), "sidecar")
+        .await
+        .unwrap();
+    let published = vec![record(
+        "publish",
+        EventOutcome::Published,
+        "e-1",
+        0,
+        Some("order 7"),
+        at(10),
+    )];
+    r.report_telemetry("orders", "orders-1", report(published), "sidecar")
+        .await
+        .unwrap();
+
+    let (status, html) = get(&app, "/ui/correlations/order%207").await;
+    assert_eq!(status, StatusCode::OK);
+    let rows = elements(&html, "event-record");
+    let seen: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|row| {
+            let service = ["orders", "billing"]
+                .into_iter()
+                .find(|s| row.contains(&format!("data-service=\"{s}\"")))
+                .unwrap();
+            let outcome = ["published", "retried", "delivered"]
+                .into_iter()
+                .find(|o| row.contains(&format!("data-outcome=\"{o}\"")))
+                .unwrap();
+            (service, outcome)
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("orders", "published"),
+            ("billing", "retried"),
+            ("billing", "delivered")
+        ]
+    );
+    assert!(rows[0].contains("href=\"/ui/topics/bus/orders.created\""));
+
+    // The topics page's form goes to the correlation's page.
+    let req = Request::builder()
+        .uri("/ui/correlations?id=order+7")
+        .body(Body::empty())
+        .unwrap();
+    let res = app.clone().oneshot(req).await.unwrap();
+    assert!(res.status().is_redirection());
+    assert_eq!(res.headers()["location"], "/ui/correlations/order%207");
+
+    // The topic lists its latest single events, newest first, with the dead letters.
+    let (_, html) = get(&app, "/ui/topics/bus/orders.created").await;
+    let rows = elements(&html, "event-record");
+    assert_eq!(rows.len(), 15, "every record fits under the limit");
+    assert!(
+        rows[0].contains("data-outcome=\"published\""),
+        "{}",
+        rows[0]
+    );
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.contains("data-outcome=\"deadLettered\""))
+            .count(),
+        12
+    );
+    assert!(
+        html.contains("href=\"/ui/correlations/%3Cscript%3Ex%3C%2Fscript%3E\""),
+        "a hostile correlation id is encoded in links"
+    );
+    assert!(!html.contains("<script>x</script>"), "and escaped in text");
+
+    // Dead letters are on billing's timeline, bounded per report.
+    let events = r
+        .events(&ieum_store::EventQuery {
+            service: Some("billing".into()),
+            kinds: vec![ieum_model::EventKind::EventDeadLettered],
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 10, "{events:#?}");
+    let messages: Vec<&str> = events.iter().map(|e| e.message.as_str()).collect();
+    assert!(
+        messages.iter().any(|m| m.contains("event dead-0 (order.created) from bus/orders.created dead-lettered after 4 attempts: the app answered 500")),
+        "{messages:#?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.ends_with("(2 more dead-lettered or dropped in this report)")),
+        "{messages:#?}"
+    );
+    let (_, html) = get(&app, "/ui/services/billing?kind=event.dead_lettered").await;
+    assert!(
+        html.contains("dead-lettered after 4 attempts"),
+        "timeline shows them"
     );
 }

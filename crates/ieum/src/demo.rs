@@ -1,6 +1,7 @@
 //! `ieum demo`: the whole system in one command. A server on a temporary data dir, the
 //! example shop of `demo/apps.rs` (each instance a real `ieum run` process with its app),
-//! its configuration (`demo/shop.yaml`), steady load and a little injected failure.
+//! its configuration (`demo/shop.yaml`), steady load, an event flow (orders → shipping
+//! through a `memory` PubSub the server hosts) and a little injected failure.
 //! Ctrl-C stops the instances first (they drain and deregister), then the server.
 //!
 //! Every process is this same binary, so `cargo run --release -- demo` needs nothing else.
@@ -432,6 +433,9 @@ fn banner(server: &str, data: &DataDir, rate: f64) {
     b += "  services  shopper → frontend → orders → stock, payments; shipping (8 instances in 2 zones)\n";
     b += &format!(
         "  sagas     a checkout saga every 3 s (stock, payments, shipping); about one in seven\n            finds no courier and compensates: {server}/ui/sagas\n"
+    );
+    b += &format!(
+        "  events    orders publishes orders.placed to shop-events (a memory PubSub this server\n            hosts); shipping consumes it and asks for a retry now and then: {server}/ui/topics\n"
     );
     b += &format!(
         "  load      {rate} checkouts/s; stock delays 5% of calls by 150 ms and fails 2% with 503;\n            payments has a 20 s provider outage every 2 min, the first 40 s from now\n"

@@ -344,6 +344,9 @@ async fn lifecycle(
     })
     .await
     .context("cannot start the sidecar's listeners")?;
+    // `type: memory` PubSubs live in the server this sidecar follows, so every service
+    // shares them (docs/bridge.md).
+    proxy.host_memory_pubsubs(&ctx.server, ctx.token.clone());
     let (outbound, inbound, admin) = (
         proxy.outbound_addr(),
         proxy.inbound_addr(),
@@ -642,7 +645,14 @@ impl Reporter {
         }
         signals.truncate(ieum_model::telemetry::MAX_SIGNALS);
         breakers.truncate(ieum_model::telemetry::MAX_BREAKER_CHANGES);
-        if signals.is_empty() && breakers.is_empty() && topics.is_empty() {
+        let (events, left_out) = proxy.take_event_records();
+        if left_out > 0 {
+            tracing::debug!(
+                left_out,
+                "more single events than one report holds: the rest are only counted"
+            );
+        }
+        if signals.is_empty() && breakers.is_empty() && topics.is_empty() && events.is_empty() {
             return;
         }
         let report = ieum_model::telemetry::TelemetryReport {
@@ -650,6 +660,7 @@ impl Reporter {
             signals,
             breakers,
             topics,
+            events,
         };
         if let Err(e) = api
             .write::<serde_json::Value>(Method::POST, path, Some(&report))

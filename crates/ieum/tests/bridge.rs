@@ -1,8 +1,9 @@
 //! The sidecar bridge with real processes: `ieum server` and `ieum run` in front of a small
 //! Python app that records what is delivered to it (and parses it with the CloudEvents
-//! Python SDK when installed). The in-memory broker lives in each sidecar process, so the
-//! always-on test publishes and subscribes through one sidecar; across services, and the
-//! sidecar killed mid-delivery, run on NATS JetStream when `IEUM_TEST_NATS_URL` is set.
+//! Python SDK when installed). `type: memory` PubSubs are hosted by the server, so the
+//! always-on tests run across services — publish through one sidecar, deliver through
+//! another, a RETRY answer, the consuming sidecar killed mid-delivery — and the same runs
+//! on NATS JetStream when `IEUM_TEST_NATS_URL` is set.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -20,12 +21,16 @@ const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 /// The app: records every POST as a JSON line in `LOG` (path, headers, body and what the
 /// CloudEvents SDK made of it), answers `GET /ieum/subscriptions` with `DECLARED` (404
-/// when it is `-`), sleeps `SLOW` seconds in each POST, writes its pid and environment
-/// beside the log.
+/// when it is `-`), sleeps `SLOW` seconds in each POST whose path starts with `SLOW_PATH`
+/// (every POST by default), answers `{"status":"RETRY"}` to the first attempt
+/// (`ieum-attempt: 1`) of a POST whose path starts with `RETRY_PATH`, writes its pid and
+/// environment beside the log.
 const APP: &str = r#"
 import http.server, json, os, sys, time
 port, log, declared = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 slow = float(os.environ.get("SLOW", "0"))
+slow_path = os.environ.get("SLOW_PATH", "/")
+retry_path = os.environ.get("RETRY_PATH")
 open(log + ".pid", "w").write(str(os.getpid()))
 json.dump(dict(os.environ), open(log + ".env", "w"))
 try:
@@ -60,7 +65,10 @@ class H(http.server.BaseHTTPRequestHandler):
                 sdk = "error:" + repr(e)
         with open(log, "a") as f:
             f.write(json.dumps({"path": self.path, "headers": headers, "body": body.decode(), "sdk": sdk}) + "\n")
-        time.sleep(slow)
+        if self.path.startswith(slow_path):
+            time.sleep(slow)
+        if retry_path and self.path.startswith(retry_path) and headers.get("ieum-attempt") == "1":
+            return self.answer(200, b'{"status":"RETRY"}', "application/json")
         self.answer(200)
 
 http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
@@ -125,8 +133,19 @@ struct Instance {
     log: PathBuf,
 }
 
-#[allow(clippy::zombie_processes, reason = "reaped by Proc's Drop")]
 fn run(base: &str, dir: &Path, service: &str, declared: &str, slow: &str) -> Instance {
+    run_with(base, dir, service, declared, &[("SLOW", slow)])
+}
+
+/// `ieum run` over the app with `env` set for it (`SLOW`, `SLOW_PATH`, `RETRY_PATH`).
+#[allow(clippy::zombie_processes, reason = "reaped by Proc's Drop")]
+fn run_with(
+    base: &str,
+    dir: &Path,
+    service: &str,
+    declared: &str,
+    env: &[(&str, &str)],
+) -> Instance {
     let log = dir.join(format!("{service}.log"));
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ieum"))
@@ -145,7 +164,7 @@ fn run(base: &str, dir: &Path, service: &str, declared: &str, slow: &str) -> Ins
         .args(["--", "python3", "-c", APP, &port.to_string()])
         .arg(&log)
         .arg(declared)
-        .env("SLOW", slow)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .env_remove("IEUM_SERVER")
         .stdout(Stdio::null())
@@ -351,6 +370,146 @@ async fn run_registers_only_once_subscriptions_are_active_and_delivers_with_the_
     let audit = seen.iter().find(|s| s["path"] == "/events/audit").unwrap();
     assert_eq!(audit["body"], "audit");
     assert_eq!(audit["headers"]["ieum-subscription"], "app");
+}
+
+/// What the app recorded on `path`.
+fn on(seen: &[Value], path: &str) -> Vec<Value> {
+    seen.iter().filter(|s| s["path"] == path).cloned().collect()
+}
+
+#[tokio::test]
+async fn a_memory_pubsub_hosted_by_the_server_joins_services_and_redelivers_after_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, base) = server(&dir.path().join("server"));
+    let (bus, orders_topic, retry_topic, slow_topic) = (
+        unique("bus"),
+        unique("orders"),
+        unique("retry"),
+        unique("slow"),
+    );
+    let subscription = |name: &str, topic: &str, route: &str| {
+        format!(
+            "---\napiVersion: ieum.dev/v1\nkind: Subscription\nmetadata: {{name: {name}}}\nspec: {{pubsub: {bus}, topic: {topic}, service: billing, route: {route}}}\n"
+        )
+    };
+    apply(
+        &base,
+        &(format!(
+            "apiVersion: ieum.dev/v1\nkind: PubSub\nmetadata: {{name: {bus}}}\nspec: {{type: memory, redeliverAfter: 4s}}\n"
+        ) + &subscription("billing-orders", &orders_topic, "/events/orders")
+            + &subscription("billing-retry", &retry_topic, "/events/retry")
+            + &subscription("billing-slow", &slow_topic, "/events/slow")),
+    )
+    .await;
+    // Two services, two processes: billing subscribes, orders publishes. Billing's app
+    // asks for a retry of every first delivery on /events/retry and takes 30 s on
+    // /events/slow, so its sidecar can be killed mid-delivery.
+    let billing = run_with(
+        &base,
+        dir.path(),
+        "billing",
+        "-",
+        &[
+            ("SLOW", "30"),
+            ("SLOW_PATH", "/events/slow"),
+            ("RETRY_PATH", "/events/retry"),
+        ],
+    );
+    let orders = run(&base, dir.path(), "orders", "-", "0");
+    wait_for("billing up", async || state(&base, "billing").await == "up").await;
+    wait_for("orders up", async || state(&base, "orders").await == "up").await;
+    let outbound = orders.outbound().await;
+
+    // Published through orders' sidecar, delivered through billing's.
+    let res = publish(
+        &outbound,
+        &format!("/v1/publish/{bus}/{orders_topic}"),
+        &[
+            ("traceparent", TRACE),
+            ("content-type", "application/json"),
+            ("ce-type", "order.created"),
+        ],
+        r#"{"id":7}"#,
+    )
+    .await;
+    assert_eq!(res.status(), 204, "{}", res.text().await.unwrap());
+    wait_for("the delivery to billing", async || {
+        !on(&billing.seen(), "/events/orders").is_empty()
+    })
+    .await;
+    let order = on(&billing.seen(), "/events/orders")[0].clone();
+    assert_eq!(order["body"], r#"{"id":7}"#);
+    assert_eq!(order["headers"]["ce-source"], "orders");
+    assert_eq!(order["headers"]["ce-type"], "order.created");
+    assert_eq!(order["headers"]["ieum-attempt"], "1");
+    assert_eq!(order["headers"]["ieum-pubsub"], bus.as_str());
+    let tp = order["headers"]["traceparent"].as_str().unwrap();
+    assert_eq!(
+        tp.split('-').nth(1),
+        TRACE.split('-').nth(1),
+        "the trace continues"
+    );
+    sdk_parsed(&order);
+
+    // A RETRY answer: the same event again, attempt 2, which the app takes.
+    let res = publish(
+        &outbound,
+        &format!("/v1/publish/{bus}/{retry_topic}"),
+        &[],
+        "again",
+    )
+    .await;
+    assert_eq!(res.status(), 204);
+    wait_for("the redelivery after RETRY", async || {
+        on(&billing.seen(), "/events/retry").len() >= 2
+    })
+    .await;
+    let retried = on(&billing.seen(), "/events/retry");
+    assert_eq!(retried[0]["headers"]["ieum-attempt"], "1");
+    assert_eq!(retried[1]["headers"]["ieum-attempt"], "2");
+    assert_eq!(
+        retried[0]["headers"]["ce-id"],
+        retried[1]["headers"]["ce-id"]
+    );
+    assert_eq!(retried[1]["body"], "again");
+
+    // SIGKILL while billing's app works on an event: nothing was settled, so the server
+    // gives it back once its lease (redeliverAfter, 4 s) runs out, to the restarted
+    // sidecar, as attempt 2.
+    let res = publish(
+        &outbound,
+        &format!("/v1/publish/{bus}/{slow_topic}"),
+        &[],
+        "slow 1",
+    )
+    .await;
+    assert_eq!(res.status(), 204);
+    wait_for("the slow delivery", async || {
+        !on(&billing.seen(), "/events/slow").is_empty()
+    })
+    .await;
+    let first = on(&billing.seen(), "/events/slow")[0].clone();
+    assert_eq!(first["headers"]["ieum-attempt"], "1");
+    let log = billing.log.clone();
+    billing.kill();
+    std::fs::remove_file(&log).unwrap();
+    let billing = run(&base, dir.path(), "billing", "-", "0");
+    wait_for("the redelivery to the restarted sidecar", async || {
+        !on(&billing.seen(), "/events/slow").is_empty()
+    })
+    .await;
+    let again = on(&billing.seen(), "/events/slow")[0].clone();
+    assert_eq!(again["body"], "slow 1");
+    assert_eq!(again["headers"]["ce-id"], first["headers"]["ce-id"]);
+    assert_eq!(again["headers"]["ieum-attempt"], "2", "{again}");
+    // Acknowledged this time: not delivered again once another lease would have run out.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        on(&billing.seen(), "/events/slow").len(),
+        1,
+        "{:?}",
+        billing.seen()
+    );
 }
 
 #[tokio::test]

@@ -74,14 +74,28 @@ fn error(settings: &Settings, e: &lapin::Error) -> BrokerError {
 }
 
 impl AmqpBroker {
-    pub(crate) async fn connect(settings: Settings) -> Result<Arc<dyn super::Broker>, BrokerError> {
-        let connection = tokio::time::timeout(
-            super::CONNECT_TIMEOUT,
-            Connection::connect(&settings.url_with_secret(), ConnectionProperties::default()),
-        )
-        .await
-        .map_err(|_| unreachable(&settings, "no answer within 5s"))?
-        .map_err(|e| unreachable(&settings, e))?;
+    /// Connects; with `tls` (an `amqps://` URL) over TLS verified by `tls`' configuration.
+    pub(crate) async fn connect(
+        settings: Settings,
+        tls: Option<Arc<super::tls::Tls>>,
+    ) -> Result<Arc<dyn super::Broker>, BrokerError> {
+        let connecting = async {
+            match &tls {
+                None => {
+                    Connection::connect(
+                        &settings.url_with_secret(),
+                        ConnectionProperties::default(),
+                    )
+                    .await
+                }
+                Some(tls) => connect_tls(&settings, tls).await,
+            }
+        };
+        let reason = |e: &dyn std::fmt::Display| super::tls::reason(tls.as_deref(), e);
+        let connection = tokio::time::timeout(super::CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| unreachable(&settings, reason(&"no answer within 5s")))?
+            .map_err(|e| unreachable(&settings, reason(&e)))?;
         let publisher = connection
             .create_channel()
             .await
@@ -99,6 +113,34 @@ impl AmqpBroker {
             }),
         }))
     }
+}
+
+/// An `amqps://` connection whose TLS is `tls`' configuration (lapin's own TLS setup
+/// would add the CA file to the platform's roots and check only the URL's host).
+async fn connect_tls(settings: &Settings, tls: &super::tls::Tls) -> lapin::Result<Connection> {
+    let uri: lapin::uri::AMQPUri = settings.url_with_secret().parse().map_err(|_| {
+        lapin::Error::from(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("`{}` is not an AMQP URI", settings.url),
+        ))
+    })?;
+    let runtime = lapin::runtime::default_runtime()?;
+    let connector = lapin::tcp::RustlsConnector::from(tls.config.clone());
+    Connection::connector(
+        uri,
+        runtime,
+        async move |uri, runtime| {
+            let host = uri.authority.host.clone();
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), uri.authority.port))
+                    .await?
+                    .collect();
+            let stream = lapin::AsyncTcpStream::connect(&runtime, addrs).await?;
+            Ok(stream.into_rustls(&connector, &host).await?)
+        },
+        ConnectionProperties::default(),
+    )
+    .await
 }
 
 impl Inner {
@@ -229,10 +271,7 @@ impl super::Broker for AmqpBroker {
         group: &str,
         options: SubscribeOptions,
     ) -> Result<Subscription, BrokerError> {
-        super::check_topic(topic)?;
-        if let Some(dlt) = &options.dead_letter_topic {
-            super::check_topic(dlt)?;
-        }
+        super::check_subscription(topic, &options)?;
         let inner = &self.inner;
         let settings = &inner.settings;
         inner.ensure_exchange(topic).await?;
@@ -298,6 +337,7 @@ impl super::Broker for AmqpBroker {
             .clone()
             .map(|t| (t, Arc::new(self.clone()) as Arc<dyn Publisher>));
         let topic = topic.to_owned();
+        let raw_source = options.raw_source.clone();
         let task = tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -318,7 +358,7 @@ impl super::Broker for AmqpBroker {
                     None => return,
                 };
                 let attempt = attempt_of(&delivery);
-                let event = match decode(&delivery) {
+                let event = match decode(&delivery, raw_source.as_deref()) {
                     Ok(e) => e,
                     Err(e) => {
                         tracing::warn!(%topic, error = %e, "rejecting a message that is no CloudEvent");
@@ -386,7 +426,10 @@ fn attempt_of(d: &lapin::message::Delivery) -> u32 {
     }
 }
 
-fn decode(d: &lapin::message::Delivery) -> Result<CloudEvent, crate::cloudevents::CloudEventError> {
+fn decode(
+    d: &lapin::message::Delivery,
+    raw_source: Option<&str>,
+) -> Result<CloudEvent, crate::cloudevents::CloudEventError> {
     let mut message = Message {
         content_type: d.properties.content_type().as_ref().map(|c| c.to_string()),
         payload: Bytes::copy_from_slice(&d.data),
@@ -402,7 +445,10 @@ fn decode(d: &lapin::message::Delivery) -> Result<CloudEvent, crate::cloudevents
             message.headers.push((name.to_string(), text));
         }
     }
-    binding::decode(&message, Protocol::Amqp)
+    let origin = super::raw_origin(raw_source, || {
+        d.properties.message_id().as_ref().map(|id| id.to_string())
+    });
+    binding::decode_or_wrap(&message, Protocol::Amqp, origin)
 }
 
 struct AmqpSettle {

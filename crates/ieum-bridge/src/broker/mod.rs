@@ -4,10 +4,13 @@
 //! broker's primitives; the crate docs have the table.
 
 pub(crate) mod amqp;
+pub(crate) mod hosted;
+pub(crate) mod kafka;
 pub(crate) mod memory;
 pub(crate) mod mqtt;
 pub(crate) mod nats;
 pub(crate) mod redis;
+pub(crate) mod tls;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,6 +20,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ieum_model::bridge::{BrokerType, PubSubSpec};
 use tokio::sync::mpsc;
+
+pub use hosted::{ConnectOptions, MemoryHost, connect_with};
+pub use memory::MemoryBroker;
 
 use crate::cloudevents::{
     CloudEvent, CloudEventError, DEAD_LETTER_ATTEMPTS, DEAD_LETTER_REASON, DEAD_LETTER_TOPIC,
@@ -110,6 +116,11 @@ pub struct SubscribeOptions {
     /// Where [`Delivery::dead_letter`] publishes; without it a dead-lettered event is
     /// discarded.
     pub dead_letter_topic: Option<String>,
+    /// For input bindings fed by systems that do not speak CloudEvents: a message that is
+    /// no CloudEvent is wrapped as one with this `source` (see
+    /// [`binding::decode_or_wrap`](crate::cloudevents::binding::decode_or_wrap)) instead
+    /// of being discarded.
+    pub raw_source: Option<String>,
 }
 
 impl Default for SubscribeOptions {
@@ -118,6 +129,7 @@ impl Default for SubscribeOptions {
             consumer: crate::cloudevents::new_id(),
             max_in_flight: ieum_model::bridge::DEFAULT_MAX_IN_FLIGHT,
             dead_letter_topic: None,
+            raw_source: None,
         }
     }
 }
@@ -188,17 +200,20 @@ pub async fn connect(name: &str, spec: &PubSubSpec) -> Result<Arc<dyn Broker>, B
         redeliver_after: spec.redeliver_after.get(),
         metadata: spec.metadata.clone(),
     };
+    // TLS travels beside `Settings` (which other modules build in their tests): loaded
+    // once here, when the URL's scheme asks for it, and shared by every connection.
+    let tls = if spec.uses_tls() {
+        Some(Arc::new(tls::Tls::load(name, spec.tls.as_ref()).await?))
+    } else {
+        None
+    };
     Ok(match spec.kind {
         BrokerType::Memory => Arc::new(memory::MemoryBroker::named(name, settings.mode)),
-        BrokerType::NatsJetStream => Arc::new(nats::NatsBroker::connect(settings).await?),
-        BrokerType::RedisStreams => Arc::new(redis::RedisBroker::connect(settings).await?),
-        BrokerType::RabbitMq => amqp::AmqpBroker::connect(settings).await?,
-        BrokerType::Mqtt => mqtt::MqttBroker::connect(settings).await?,
-        BrokerType::Kafka => {
-            return Err(BrokerError::Config(format!(
-                "PubSub/{name}: the kafka broker type is not implemented in this release; use nats-jetstream, rabbitmq, mqtt or redis-streams"
-            )));
-        }
+        BrokerType::NatsJetStream => Arc::new(nats::NatsBroker::connect(settings, tls).await?),
+        BrokerType::RedisStreams => Arc::new(redis::RedisBroker::connect(settings, tls).await?),
+        BrokerType::RabbitMq => amqp::AmqpBroker::connect(settings, tls).await?,
+        BrokerType::Mqtt => mqtt::MqttBroker::connect(settings, tls).await?,
+        BrokerType::Kafka => Arc::new(kafka::KafkaBroker::connect(settings).await?),
     })
 }
 
@@ -277,6 +292,18 @@ pub(crate) fn check_topic(topic: &str) -> Result<(), BrokerError> {
         topic: topic.to_owned(),
         reason,
     })
+}
+
+/// Checks a subscription's topic and dead-letter topic before it reaches a broker.
+pub(crate) fn check_subscription(
+    topic: &str,
+    options: &SubscribeOptions,
+) -> Result<(), BrokerError> {
+    check_topic(topic)?;
+    if let Some(dlt) = &options.dead_letter_topic {
+        check_topic(dlt)?;
+    }
+    Ok(())
 }
 
 /// The event as published: validated, with the ordering key in `partitionkey`.
@@ -484,6 +511,18 @@ impl futures_util::Stream for Subscription {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
         self.rx.poll_recv(cx)
     }
+}
+
+/// What a broker passes to [`binding::decode_or_wrap`](crate::cloudevents::binding::decode_or_wrap)
+/// for a subscription with a `raw_source`, with the broker's own stable id of the message.
+pub(crate) fn raw_origin(
+    raw_source: Option<&str>,
+    id: impl FnOnce() -> Option<String>,
+) -> Option<crate::cloudevents::binding::RawOrigin> {
+    raw_source.map(|source| crate::cloudevents::binding::RawOrigin {
+        source: source.to_owned(),
+        id: id(),
+    })
 }
 
 /// Channel capacity for a subscription: the in-flight bound, within reason.

@@ -52,6 +52,8 @@ pub(crate) struct MqttBroker {
 
 struct Inner {
     settings: Settings,
+    /// TLS for every connection of this broker (`mqtts://`/`ssl://`), when on.
+    tls: Option<Arc<super::tls::Tls>>,
     host: String,
     port: u16,
     client: AsyncClient,
@@ -80,8 +82,8 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// `mqtt://host:port` → host and port (1883 by default).
-fn host_port(settings: &Settings) -> Result<(String, u16), BrokerError> {
+/// `mqtt://host:port` → host and port (1883 by default, 8883 with TLS).
+fn host_port(settings: &Settings, tls: bool) -> Result<(String, u16), BrokerError> {
     let rest = settings
         .url
         .split_once("://")
@@ -95,13 +97,24 @@ fn host_port(settings: &Settings) -> Result<(String, u16), BrokerError> {
                 BrokerError::Config(format!("PubSub/{}: `{p}` is not a port", settings.name))
             })?,
         ),
-        None => (authority, 1883),
+        None => (authority, if tls { 8883 } else { 1883 }),
     };
     Ok((host.trim_matches(['[', ']']).to_owned(), port))
 }
 
-fn options(settings: &Settings, host: &str, port: u16, client_id: String) -> MqttOptions {
+fn options(
+    settings: &Settings,
+    tls: Option<&super::tls::Tls>,
+    host: &str,
+    port: u16,
+    client_id: String,
+) -> MqttOptions {
     let mut o = MqttOptions::new(client_id, host, port);
+    if let Some(tls) = tls {
+        o.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.config.clone()),
+        ));
+    }
     o.set_keep_alive(Duration::from_secs(30));
     if let Some(secret) = &settings.secret {
         o.set_credentials(
@@ -113,19 +126,23 @@ fn options(settings: &Settings, host: &str, port: u16, client_id: String) -> Mqt
 }
 
 /// Polls until the broker accepted the connection.
-async fn connected(settings: &Settings, eventloop: &mut EventLoop) -> Result<(), BrokerError> {
+async fn connected(
+    settings: &Settings,
+    tls: Option<&super::tls::Tls>,
+    eventloop: &mut EventLoop,
+) -> Result<(), BrokerError> {
     let wait = async {
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
                 Ok(_) => {}
-                Err(e) => return Err(unreachable(settings, e)),
+                Err(e) => return Err(unreachable(settings, super::tls::reason(tls, e))),
             }
         }
     };
     tokio::time::timeout(super::CONNECT_TIMEOUT, wait)
         .await
-        .map_err(|_| unreachable(settings, "no CONNACK within 5s"))?
+        .map_err(|_| unreachable(settings, super::tls::reason(tls, "no CONNACK within 5s")))?
 }
 
 fn mqtt_topic(topic: &str) -> String {
@@ -133,20 +150,27 @@ fn mqtt_topic(topic: &str) -> String {
 }
 
 impl MqttBroker {
-    pub(crate) async fn connect(settings: Settings) -> Result<Arc<dyn super::Broker>, BrokerError> {
-        let (host, port) = host_port(&settings)?;
+    /// Connects; with `tls` (an `mqtts://` or `ssl://` URL) every connection of this
+    /// broker is TLS, verified by `tls`' configuration.
+    pub(crate) async fn connect(
+        settings: Settings,
+        tls: Option<Arc<super::tls::Tls>>,
+    ) -> Result<Arc<dyn super::Broker>, BrokerError> {
+        let (host, port) = host_port(&settings, tls.is_some())?;
         let id = format!(
             "{}-pub-{}",
             settings.metadata("clientIdPrefix", "ieum"),
             &crate::cloudevents::new_id()[..8]
         );
-        let (client, mut eventloop) = AsyncClient::new(options(&settings, &host, port, id), 64);
-        connected(&settings, &mut eventloop).await?;
+        let (client, mut eventloop) =
+            AsyncClient::new(options(&settings, tls.as_deref(), &host, port, id), 64);
+        connected(&settings, tls.as_deref(), &mut eventloop).await?;
         let queued: Arc<std::sync::Mutex<VecDeque<Waiter>>> = Arc::default();
         let task = tokio::spawn(publisher_loop(eventloop, queued.clone(), settings.clone()));
         Ok(Arc::new(MqttBroker {
             inner: Arc::new(Inner {
                 settings,
+                tls,
                 host,
                 port,
                 client,
@@ -274,10 +298,7 @@ impl super::Broker for MqttBroker {
         group: &str,
         options: SubscribeOptions,
     ) -> Result<Subscription, BrokerError> {
-        super::check_topic(topic)?;
-        if let Some(dlt) = &options.dead_letter_topic {
-            super::check_topic(dlt)?;
-        }
+        super::check_subscription(topic, &options)?;
         let inner = &self.inner;
         let settings = &inner.settings;
         // One session per topic, group and consumer: a session keeps its subscriptions,
@@ -287,7 +308,13 @@ impl super::Broker for MqttBroker {
             settings.metadata("clientIdPrefix", "ieum"),
             options.consumer
         );
-        let mut o = self::options(settings, &inner.host, inner.port, client_id);
+        let mut o = self::options(
+            settings,
+            inner.tls.as_deref(),
+            &inner.host,
+            inner.port,
+            client_id,
+        );
         o.set_clean_start(false);
         o.set_session_expiry_interval(Some(SESSION_EXPIRY_SECS));
         o.set_manual_acks(true);
@@ -296,7 +323,7 @@ impl super::Broker for MqttBroker {
             .max(1);
         o.set_receive_maximum(Some(in_flight));
         let (client, mut eventloop) = AsyncClient::new(o, 64);
-        connected(settings, &mut eventloop).await?;
+        connected(settings, inner.tls.as_deref(), &mut eventloop).await?;
         let main = mqtt_topic(topic);
         let retry = format!("ieum-retry/{group}/{main}");
         for filter in [&main, &retry] {
@@ -342,6 +369,7 @@ impl super::Broker for MqttBroker {
             .map(|t| (t, Arc::new(self.clone()) as Arc<dyn Publisher>));
         let broker = self.clone();
         let topic = topic.to_owned();
+        let raw_source = options.raw_source.clone();
         let task = tokio::spawn(async move {
             let mut early = early.into_iter();
             loop {
@@ -364,7 +392,7 @@ impl super::Broker for MqttBroker {
                         }
                     }
                 };
-                let (event, attempt) = match decode(&publish) {
+                let (event, attempt) = match decode(&publish, raw_source.as_deref()) {
                     Ok(d) => d,
                     Err(e) => {
                         tracing::warn!(%topic, error = %e, "acknowledging a message that is no CloudEvent");
@@ -421,9 +449,17 @@ fn to_message(p: &Publish) -> (Message, u32) {
     (message, attempt)
 }
 
-fn decode(p: &Publish) -> Result<(CloudEvent, u32), crate::cloudevents::CloudEventError> {
+fn decode(
+    p: &Publish,
+    raw_source: Option<&str>,
+) -> Result<(CloudEvent, u32), crate::cloudevents::CloudEventError> {
     let (message, attempt) = to_message(p);
-    Ok((binding::decode(&message, Protocol::Mqtt)?, attempt))
+    // MQTT has no stable message id (packet ids are reused).
+    let origin = super::raw_origin(raw_source, || None);
+    Ok((
+        binding::decode_or_wrap(&message, Protocol::Mqtt, origin)?,
+        attempt,
+    ))
 }
 
 struct MqttSettle {

@@ -54,7 +54,12 @@ fn escape(s: &str) -> String {
 }
 
 impl NatsBroker {
-    pub(crate) async fn connect(settings: Settings) -> Result<Self, BrokerError> {
+    /// Connects; with `tls` (a `tls://` URL) the connection must be upgraded to TLS,
+    /// verified by `tls`' configuration, or it fails.
+    pub(crate) async fn connect(
+        settings: Settings,
+        tls: Option<Arc<super::tls::Tls>>,
+    ) -> Result<Self, BrokerError> {
         let mut options = async_nats::ConnectOptions::new()
             .connection_timeout(super::CONNECT_TIMEOUT)
             .name(format!("ieum-bridge {}", settings.name));
@@ -64,13 +69,19 @@ impl NatsBroker {
                 None => options.token(secret.password.clone()),
             };
         }
+        if let Some(tls) = &tls {
+            options = options
+                .require_tls(true)
+                .tls_client_config(tls.config.as_ref().clone());
+        }
+        let reason = |e: &dyn std::fmt::Display| super::tls::reason(tls.as_deref(), e);
         let client = tokio::time::timeout(
             super::CONNECT_TIMEOUT,
             options.connect(settings.url.as_str()),
         )
         .await
-        .map_err(|_| unreachable(&settings, "no answer within 5s"))?
-        .map_err(|e| unreachable(&settings, e))?;
+        .map_err(|_| unreachable(&settings, reason(&"no answer within 5s")))?
+        .map_err(|e| unreachable(&settings, reason(&e)))?;
         let js = jetstream::new(client.clone());
         Ok(NatsBroker {
             inner: Arc::new(Inner {
@@ -202,10 +213,7 @@ impl super::Broker for NatsBroker {
         group: &str,
         options: SubscribeOptions,
     ) -> Result<Subscription, BrokerError> {
-        super::check_topic(topic)?;
-        if let Some(dlt) = &options.dead_letter_topic {
-            super::check_topic(dlt)?;
-        }
+        super::check_subscription(topic, &options)?;
         let inner = &self.inner;
         let stream = inner.ensure_stream(topic).await?;
         let durable = escape(group);
@@ -239,6 +247,7 @@ impl super::Broker for NatsBroker {
             .clone()
             .map(|t| (t, Arc::new(self.clone()) as Arc<dyn Publisher>));
         let topic = topic.to_owned();
+        let raw_source = options.raw_source.clone();
         let task = tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -257,7 +266,7 @@ impl super::Broker for NatsBroker {
                     .info()
                     .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
                     .unwrap_or(1);
-                let event = match decode(&msg) {
+                let event = match decode(&msg, raw_source.as_deref()) {
                     Ok(e) => e,
                     Err(e) => {
                         tracing::warn!(%topic, error = %e, "terminating a message that is no CloudEvent");
@@ -285,7 +294,10 @@ impl super::Broker for NatsBroker {
     }
 }
 
-fn decode(msg: &jetstream::Message) -> Result<CloudEvent, crate::cloudevents::CloudEventError> {
+fn decode(
+    msg: &jetstream::Message,
+    raw_source: Option<&str>,
+) -> Result<CloudEvent, crate::cloudevents::CloudEventError> {
     let mut message = Message {
         payload: msg.payload.clone(),
         ..Message::default()
@@ -304,7 +316,12 @@ fn decode(msg: &jetstream::Message) -> Result<CloudEvent, crate::cloudevents::Cl
             }
         }
     }
-    binding::decode(&message, Protocol::Nats)
+    let origin = super::raw_origin(raw_source, || {
+        msg.info()
+            .ok()
+            .map(|i| format!("{}-{}", i.stream, i.stream_sequence))
+    });
+    binding::decode_or_wrap(&message, Protocol::Nats, origin)
 }
 
 struct NatsSettle(jetstream::Message);

@@ -45,6 +45,17 @@ struct Inner {
     client: redis::Client,
     conn: MultiplexedConnection,
     settings: Settings,
+    /// How each new connection is made (the name resolution `tls.serverName` needs).
+    connect: Connect,
+}
+
+/// How [`connection`] opens a connection: for `rediss://`, with the TLS settings (to
+/// explain a refused certificate) and, when `tls.serverName` differs from the URL's host,
+/// a resolver that sends that name to the host's address.
+#[derive(Clone, Default)]
+struct Connect {
+    tls: Option<Arc<super::tls::Tls>>,
+    config: redis::AsyncConnectionConfig,
 }
 
 fn unreachable(settings: &Settings, reason: impl std::fmt::Display) -> BrokerError {
@@ -67,16 +78,107 @@ fn error(settings: &Settings, e: &redis::RedisError) -> BrokerError {
 }
 
 impl RedisBroker {
-    pub(crate) async fn connect(settings: Settings) -> Result<Self, BrokerError> {
-        let client = redis::Client::open(settings.url_with_secret())
-            .map_err(|e| BrokerError::Config(format!("PubSub/{}: {e}", settings.name)))?;
-        let conn = connection(&client, &settings).await?;
+    /// Connects; with `tls` (a `rediss://` URL) over TLS that trusts `tls.caFile` (or the
+    /// platform's roots) and checks `tls.serverName` (or the URL's host).
+    pub(crate) async fn connect(
+        settings: Settings,
+        tls: Option<Arc<super::tls::Tls>>,
+    ) -> Result<Self, BrokerError> {
+        let config_error =
+            |e: redis::RedisError| BrokerError::Config(format!("PubSub/{}: {e}", settings.name));
+        let (client, connect) = match tls {
+            None => (
+                redis::Client::open(settings.url_with_secret()).map_err(config_error)?,
+                Connect::default(),
+            ),
+            Some(tls) => tls_client(&settings, tls).map_err(config_error)?,
+        };
+        let conn = connection(&client, &settings, &connect).await?;
         Ok(RedisBroker {
             inner: Arc::new(Inner {
                 client,
                 conn,
                 settings,
+                connect,
             }),
+        })
+    }
+}
+
+/// A `rediss://` client: the CA file as its only roots, the certificate check always on
+/// (whatever the URL says), and `tls.serverName` as the name connected to, resolved to
+/// the URL's host.
+fn tls_client(
+    settings: &Settings,
+    tls: Arc<super::tls::Tls>,
+) -> redis::RedisResult<(redis::Client, Connect)> {
+    use redis::{ConnectionAddr, IntoConnectionInfo as _};
+    // The `redis` crate builds its rustls configuration with the process-wide provider.
+    super::tls::install_ring_as_default();
+    let info = settings.url_with_secret().into_connection_info()?;
+    let ConnectionAddr::TcpTls { host, port, .. } = info.addr().clone() else {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "TLS needs a rediss:// URL",
+        )));
+    };
+    let mut config = redis::AsyncConnectionConfig::new();
+    let name = match &tls.server_name {
+        Some(name) if *name != host => {
+            config = config.set_dns_resolver(ServerNameResolver {
+                name: name.clone(),
+                host,
+            });
+            name.clone()
+        }
+        _ => host,
+    };
+    let info = info.set_addr(ConnectionAddr::TcpTls {
+        host: name,
+        port,
+        insecure: false,
+        tls_params: None,
+    });
+    let client = match &tls.ca_pem {
+        Some(pem) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            },
+        )?,
+        None => redis::Client::open(info)?,
+    };
+    Ok((
+        client,
+        Connect {
+            tls: Some(tls),
+            config,
+        },
+    ))
+}
+
+/// Resolves `tls.serverName` to the address of the URL's host, so the TLS client checks
+/// (and sends as SNI) the certificate's name while connecting where the URL says.
+struct ServerNameResolver {
+    name: String,
+    host: String,
+}
+
+impl redis::io::AsyncDNSResolver for ServerNameResolver {
+    fn resolve<'a, 'b: 'a>(
+        &'a self,
+        host: &'b str,
+        port: u16,
+    ) -> redis::RedisFuture<'a, Box<dyn Iterator<Item = std::net::SocketAddr> + Send + 'a>> {
+        Box::pin(async move {
+            let target = if host == self.name {
+                self.host.as_str()
+            } else {
+                host
+            };
+            let addrs = tokio::net::lookup_host((target, port)).await?;
+            Ok(Box::new(addrs) as Box<dyn Iterator<Item = std::net::SocketAddr> + Send>)
         })
     }
 }
@@ -84,14 +186,16 @@ impl RedisBroker {
 async fn connection(
     client: &redis::Client,
     settings: &Settings,
+    connect: &Connect,
 ) -> Result<MultiplexedConnection, BrokerError> {
+    let reason = |e: &dyn std::fmt::Display| super::tls::reason(connect.tls.as_deref(), e);
     tokio::time::timeout(
         super::CONNECT_TIMEOUT,
-        client.get_multiplexed_async_connection(),
+        client.get_multiplexed_async_connection_with_config(&connect.config),
     )
     .await
-    .map_err(|_| unreachable(settings, "no answer within 5s"))?
-    .map_err(|e| unreachable(settings, e))
+    .map_err(|_| unreachable(settings, reason(&"no answer within 5s")))?
+    .map_err(|e| unreachable(settings, reason(&e)))
 }
 
 impl Inner {
@@ -162,10 +266,7 @@ impl super::Broker for RedisBroker {
         group: &str,
         options: SubscribeOptions,
     ) -> Result<Subscription, BrokerError> {
-        super::check_topic(topic)?;
-        if let Some(dlt) = &options.dead_letter_topic {
-            super::check_topic(dlt)?;
-        }
+        super::check_subscription(topic, &options)?;
         let inner = self.inner.clone();
         let key = inner.key(topic);
         let mut create = redis::cmd("XGROUP");
@@ -182,7 +283,7 @@ impl super::Broker for RedisBroker {
             }
             Err(e) => return Err(error(&inner.settings, &e)),
         }
-        let reader = connection(&inner.client, &inner.settings).await?;
+        let reader = connection(&inner.client, &inner.settings, &inner.connect).await?;
         let (tx, rx) = mpsc::channel(super::channel_capacity(options.max_in_flight));
         let (stop_tx, stop_rx) = oneshot::channel();
         let (retry_tx, retry_rx) = mpsc::unbounded_channel();
@@ -197,6 +298,7 @@ impl super::Broker for RedisBroker {
             topic: topic.to_owned(),
             group: group.to_owned(),
             consumer: options.consumer.clone(),
+            raw_source: options.raw_source.clone(),
             permits: Arc::new(Semaphore::new(super::channel_capacity(
                 options.max_in_flight,
             ))),
@@ -212,6 +314,8 @@ impl super::Broker for RedisBroker {
 }
 
 struct Reader {
+    /// Wraps entries that are no CloudEvent (input bindings).
+    raw_source: Option<String>,
     inner: Arc<Inner>,
     reader: MultiplexedConnection,
     key: String,
@@ -389,7 +493,7 @@ impl Reader {
             let Ok(permit) = self.permits.clone().acquire_owned().await else {
                 return Ok(false);
             };
-            let event = match decode(&entry) {
+            let event = match decode(&entry, self.raw_source.as_deref()) {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::warn!(topic = %self.topic, id = %entry.id, error = %e, "acknowledging an entry that is no CloudEvent");
@@ -437,7 +541,10 @@ async fn xack(inner: &Inner, key: &str, group: &str, id: &str) -> Result<(), Bro
         .map_err(|e| error(&inner.settings, &e))
 }
 
-fn decode(entry: &StreamId) -> Result<CloudEvent, crate::cloudevents::CloudEventError> {
+fn decode(
+    entry: &StreamId,
+    raw_source: Option<&str>,
+) -> Result<CloudEvent, crate::cloudevents::CloudEventError> {
     let mut message = Message::default();
     for (field, value) in &entry.map {
         let bytes: Vec<u8> = redis::from_redis_value_ref(value).unwrap_or_default();
@@ -452,7 +559,8 @@ fn decode(entry: &StreamId) -> Result<CloudEvent, crate::cloudevents::CloudEvent
             )),
         }
     }
-    binding::decode(&message, Protocol::RedisStreams)
+    let origin = super::raw_origin(raw_source, || Some(entry.id.clone()));
+    binding::decode_or_wrap(&message, Protocol::RedisStreams, origin)
 }
 
 struct RedisSettle {

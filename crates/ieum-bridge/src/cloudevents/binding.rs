@@ -230,6 +230,48 @@ pub fn decode(message: &Message, protocol: Protocol) -> Result<CloudEvent, Cloud
     }
 }
 
+/// The `type` of an event wrapped around a message that is no CloudEvent.
+pub const RAW_TYPE: &str = "ieum.binding.message";
+
+/// Where a message that is no CloudEvent came from (see [`decode_or_wrap`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawOrigin {
+    /// The wrapped event's `source`: `/{pubsub}/{topic}`.
+    pub source: String,
+    /// The broker's own id of the message, when it has a stable one (a stream sequence,
+    /// an entry id, a partition and offset): the wrapped event's `id`, so a redelivery
+    /// keeps it and the app can de-duplicate. Without one the id is new on every delivery.
+    pub id: Option<String>,
+}
+
+/// Reads the event a message carries; or, when it carries none and `raw` says where it
+/// came from, wraps its payload as a new event (`source` and `id` from `raw`, `type`
+/// [`RAW_TYPE`], `datacontenttype` the message's content type). Input bindings read
+/// queues fed by systems that do not speak CloudEvents this way. A message that claims to
+/// be a CloudEvent but is broken is still an error.
+pub fn decode_or_wrap(
+    message: &Message,
+    protocol: Protocol,
+    raw: Option<RawOrigin>,
+) -> Result<CloudEvent, CloudEventError> {
+    match (mode_of(message, protocol), raw) {
+        (None, Some(origin)) => {
+            let mut event = CloudEvent::wrap(
+                &origin.source,
+                RAW_TYPE,
+                message.content_type.as_deref(),
+                message.payload.clone(),
+            );
+            if let Some(id) = origin.id.filter(|id| !id.is_empty()) {
+                event.id = id;
+            }
+            event.validate()?;
+            Ok(event)
+        }
+        _ => decode(message, protocol),
+    }
+}
+
 /// Percent-encodes a header value as the HTTP binding says.
 pub fn percent_encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());

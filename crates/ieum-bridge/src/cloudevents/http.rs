@@ -46,8 +46,11 @@ pub fn from_http(headers: &HeaderMap, body: Bytes) -> Result<CloudEvent, CloudEv
 
 /// What the sidecar publishes for a request: the CloudEvent it carries (passed through
 /// after validation), or its raw body wrapped as a new event from `source` of type `ty`,
-/// with the request's `Content-Type` and its W3C trace context (`traceparent`,
-/// `tracestate` headers) as extensions.
+/// with the request's `Content-Type`, its W3C trace context (`traceparent`, `tracestate`
+/// headers) as extensions, and any `ce-subject`, `ce-dataschema` or extension header
+/// (`ce-correlationid`, `ce-partitionkey`, …; values percent-decoded as the HTTP binding
+/// says) as the attribute it names. `ce-id`, `ce-source` and `ce-time` are the sidecar's
+/// to set and are refused on a raw body.
 pub fn event_from_request(
     headers: &HeaderMap,
     body: Bytes,
@@ -59,6 +62,27 @@ pub fn event_from_request(
     }
     let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let mut event = CloudEvent::wrap(source, ty, content_type, body);
+    for (name, value) in headers.iter() {
+        let Some(attribute) = name.as_str().strip_prefix("ce-") else {
+            continue;
+        };
+        let value = binding::percent_decode(&String::from_utf8_lossy(value.as_bytes()))
+            .map_err(|why| CloudEventError::Header(name.to_string(), why))?;
+        match attribute {
+            "type" => {}
+            "subject" => event.subject = Some(value),
+            "dataschema" => event.dataschema = Some(value),
+            "id" | "source" | "time" | "datacontenttype" => {
+                return Err(CloudEventError::Header(
+                    name.to_string(),
+                    format!(
+                        "a raw body gets its {attribute} from the sidecar; send a whole CloudEvent (with ce-specversion) to set it"
+                    ),
+                ));
+            }
+            extension => event.set_extension(extension, value)?,
+        }
+    }
     for name in [TRACEPARENT, TRACESTATE] {
         if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
             event.extensions.insert(name.to_owned(), v.to_owned());

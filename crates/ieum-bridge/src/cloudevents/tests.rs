@@ -206,6 +206,48 @@ fn messages_that_are_not_events_are_refused_with_a_reason() {
 }
 
 #[test]
+fn a_message_that_is_no_event_is_wrapped_only_when_asked() {
+    let plain = Message {
+        headers: vec![("x-order".into(), "7".into())],
+        content_type: Some("text/plain".into()),
+        payload: bytes::Bytes::from_static(b"hello"),
+    };
+    let origin = binding::RawOrigin {
+        source: "/bus/legacy.orders".into(),
+        id: Some("17".into()),
+    };
+    assert!(binding::decode_or_wrap(&plain, Protocol::Nats, None).is_err());
+    let e = binding::decode_or_wrap(&plain, Protocol::Nats, Some(origin.clone())).unwrap();
+    assert_eq!(
+        (e.id.as_str(), e.source.as_str(), e.ty.as_str()),
+        ("17", "/bus/legacy.orders", binding::RAW_TYPE)
+    );
+    assert_eq!(e.datacontenttype.as_deref(), Some("text/plain"));
+    assert_eq!(e.data.as_deref(), Some(&b"hello"[..]));
+    // Without a stable broker id, a new one.
+    let e = binding::decode_or_wrap(
+        &plain,
+        Protocol::Amqp,
+        Some(binding::RawOrigin {
+            id: None,
+            ..origin.clone()
+        }),
+    )
+    .unwrap();
+    assert!(!e.id.is_empty());
+    // A real CloudEvent is read as one, and a broken one stays an error.
+    let event = sample();
+    let m = binding::encode(&event, Protocol::Nats, ContentMode::Binary);
+    let read = binding::decode_or_wrap(&m, Protocol::Nats, Some(origin.clone())).unwrap();
+    assert_eq!(read.id, event.id);
+    let broken = Message {
+        content_type: Some("application/cloudevents+json".into()),
+        ..plain
+    };
+    assert!(binding::decode_or_wrap(&broken, Protocol::Nats, Some(origin)).is_err());
+}
+
+#[test]
 fn http_requests_are_passed_through_or_wrapped() {
     use ::http::HeaderMap;
     let (headers, body) = http::to_http(&sample(), ContentMode::Binary);

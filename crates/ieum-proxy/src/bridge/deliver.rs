@@ -38,8 +38,8 @@ use super::resources::{AppFormat, Wanted};
 use super::{Outcome, RunState, lock};
 use crate::Shared;
 use crate::body::InFlight;
-use crate::bridge::metrics::TopicMetrics;
-use crate::trace::Hop;
+use crate::bridge::metrics::{Seen, TopicMetrics};
+use crate::trace::{Hop, Messaging, MessagingKind, SpanClock, messaging_span};
 
 /// The attempt of this delivery (1 for the first).
 pub(crate) const ATTEMPT_HEADER: HeaderName = HeaderName::from_static("ieum-attempt");
@@ -117,6 +117,10 @@ pub(crate) async fn run(
                 consumer: consumer.clone(),
                 max_in_flight: wanted.max_in_flight,
                 dead_letter_topic: wanted.dead_letter_topic.clone(),
+                // A raw input binding reads queues fed from outside ieum: plain messages
+                // are wrapped rather than discarded.
+                raw_source: (wanted.format == AppFormat::Raw)
+                    .then(|| format!("/{}/{}", wanted.pubsub, wanted.topic)),
             };
             match broker
                 .subscribe(&wanted.topic, &wanted.group, options)
@@ -296,38 +300,79 @@ enum Verdict {
 /// Delivers one event and settles it.
 async fn deliver(ctx: &Ctx, d: Delivery) {
     let w = &ctx.wanted;
-    let req = request(ctx, &d);
+    let started = SpanClock::start();
+    let (req, hop) = request(ctx, &d);
     let verdict = post(ctx, req).await;
     let attempt = d.attempt;
-    let id = d.event.id.clone();
+    // What the record and the span need once the delivery is settled (it is consumed).
+    let event = d.event.clone();
+    let id = &event.id;
     let has_dlt = w.dead_letter_topic.is_some();
-    let (result, outcome) = match verdict {
-        Verdict::Done => (d.ack().await, Outcome::Delivered),
+    let (result, outcome, reason) = match verdict {
+        Verdict::Done => (d.ack().await, Outcome::Delivered, None),
         Verdict::Retry(why) if attempt <= w.retry.attempts => {
             let backoff = Backoff::new(w.retry.backoff.get(), w.retry.max_backoff.get());
             let delay = backoff.delay(attempt.saturating_sub(1));
             tracing::debug!(%id, topic = %w.topic, attempt, ?delay, reason = %why, "delivery failed; retrying");
-            (d.nack(delay).await, Outcome::Retried)
+            (d.nack(delay).await, Outcome::Retried, Some(why))
         }
         Verdict::Retry(why) => {
             let reason = format!("{why}; gave up after {attempt} attempts");
             tracing::warn!(%id, topic = %w.topic, dead_letter_topic = ?w.dead_letter_topic, %reason, "delivery failed for good");
-            (d.dead_letter(&reason).await, dead_or_dropped(has_dlt))
+            (
+                d.dead_letter(&reason).await,
+                dead_or_dropped(has_dlt),
+                Some(reason),
+            )
         }
         Verdict::Drop => {
             tracing::warn!(%id, topic = %w.topic, dead_letter_topic = ?w.dead_letter_topic, "the app answered DROP");
+            let reason = "the app answered DROP".to_owned();
             (
-                d.dead_letter("the app answered DROP").await,
+                d.dead_letter(&reason).await,
                 dead_or_dropped(has_dlt),
+                Some(reason),
             )
         }
         Verdict::Reject(why) => {
             tracing::warn!(%id, topic = %w.topic, dead_letter_topic = ?w.dead_letter_topic, reason = %why, "the app rejected an event");
-            (d.dead_letter(&why).await, dead_or_dropped(has_dlt))
+            (
+                d.dead_letter(&why).await,
+                dead_or_dropped(has_dlt),
+                Some(why),
+            )
         }
     };
+    if let (Some(tracer), Some(hop)) = (&ctx.shared.tracer, hop)
+        && hop.ctx.sampled()
+    {
+        tracer.record(messaging_span(&Messaging {
+            hop,
+            kind: MessagingKind::Process,
+            started,
+            pubsub: &w.pubsub,
+            topic: &w.topic,
+            group: Some(&w.group),
+            event: &event,
+            attempt,
+            error: reason.as_deref().filter(|_| outcome != Outcome::Delivered),
+        }));
+    }
     match result {
-        Ok(()) => ctx.metrics.record(outcome),
+        Ok(()) => {
+            ctx.metrics.record(outcome);
+            if let Some(outcome) = outcome.record() {
+                ctx.shared.bridge.metrics.log.note(&Seen {
+                    pubsub: &w.pubsub,
+                    topic: &w.topic,
+                    direction: "consume",
+                    event: &event,
+                    outcome,
+                    attempt,
+                    reason: reason.as_deref(),
+                });
+            }
+        }
         Err(e) => {
             tracing::warn!(%id, topic = %w.topic, error = %e, "could not settle a delivery; the broker will deliver it again");
         }
@@ -344,7 +389,7 @@ fn dead_or_dropped(has_dead_letter_topic: bool) -> Outcome {
 
 /// The delivery request: the event as the subscription wants it, its trace context, and
 /// the `ieum-` headers.
-fn request(ctx: &Ctx, d: &Delivery) -> Option<Request<Full<Bytes>>> {
+fn request(ctx: &Ctx, d: &Delivery) -> (Option<Request<Full<Bytes>>>, Option<Hop>) {
     let shared = &ctx.shared;
     let w = &ctx.wanted;
     let (mut headers, body) = match w.format {
@@ -371,7 +416,7 @@ fn request(ctx: &Ctx, d: &Delivery) -> Option<Request<Full<Bytes>>> {
             headers.insert(HeaderName::from_static(name), v);
         }
     }
-    Hop::enter(&mut headers);
+    let hop = Hop::enter(&mut headers);
     headers.insert(ATTEMPT_HEADER, HeaderValue::from(d.attempt));
     for (name, value) in [
         (PUBSUB_HEADER, &w.pubsub),
@@ -385,11 +430,13 @@ fn request(ctx: &Ctx, d: &Delivery) -> Option<Request<Full<Bytes>>> {
     if let Ok(v) = HeaderValue::from_str(shared.app.as_str()) {
         headers.insert(header::HOST, v);
     }
-    let mut req = Request::post(format!("http://{}{}", shared.app, w.route))
-        .body(Full::new(body))
-        .ok()?;
+    let Ok(mut req) =
+        Request::post(format!("http://{}{}", shared.app, w.route)).body(Full::new(body))
+    else {
+        return (None, None);
+    };
     req.headers_mut().extend(headers);
-    Some(req)
+    (Some(req), Some(hop))
 }
 
 /// POSTs the event to the app and reads its answer.

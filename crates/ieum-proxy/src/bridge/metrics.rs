@@ -10,7 +10,13 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use ieum_bridge::CloudEvent;
+use ieum_bridge::cloudevents::{CORRELATION_ID, TRACEPARENT};
+use ieum_model::Timestamp;
+use ieum_model::telemetry::{EventOutcome, EventRecord};
 use serde::Serialize;
+
+use crate::trace::TraceContext;
 
 /// The counters of one `pubsub` / `topic` / `direction`.
 #[derive(Debug, Default)]
@@ -39,6 +45,21 @@ pub(crate) enum Outcome {
     Dropped,
     /// A delivery went to the dead-letter topic.
     DeadLettered,
+}
+
+impl Outcome {
+    /// The outcome as an event record names it (`None` for a failed publish: the app got
+    /// the error and there is no event to list).
+    pub(crate) fn record(self) -> Option<EventOutcome> {
+        match self {
+            Outcome::Published => Some(EventOutcome::Published),
+            Outcome::PublishFailed => None,
+            Outcome::Delivered => Some(EventOutcome::Delivered),
+            Outcome::Retried => Some(EventOutcome::Retried),
+            Outcome::Dropped => Some(EventOutcome::Dropped),
+            Outcome::DeadLettered => Some(EventOutcome::DeadLettered),
+        }
+    }
 }
 
 impl TopicMetrics {
@@ -89,6 +110,8 @@ type Family = (&'static str, &'static str, fn(&TopicTraffic) -> u64);
 #[derive(Debug, Default)]
 pub(crate) struct EventMetrics {
     topics: Mutex<BTreeMap<Key, Arc<TopicMetrics>>>,
+    /// Single events for the next telemetry report.
+    pub(crate) log: EventLog,
 }
 
 impl EventMetrics {
@@ -180,6 +203,108 @@ impl EventMetrics {
     }
 }
 
+/// Records of other events kept per topic and direction between two reports.
+const SAMPLES_PER_TOPIC: u32 = 5;
+
+/// Single events kept for the next telemetry report: every dead letter and drop, every
+/// event carrying a correlation id, and the first few others of each topic and direction
+/// as samples, up to [`MAX_EVENTS`](ieum_model::telemetry::MAX_EVENTS) in all. What does
+/// not fit is only counted (the counters above still see it).
+#[derive(Debug, Default)]
+pub(crate) struct EventLog {
+    inner: Mutex<LogInner>,
+}
+
+#[derive(Debug, Default)]
+struct LogInner {
+    records: Vec<EventRecord>,
+    samples: std::collections::HashMap<(String, String, &'static str), u32>,
+    left_out: u64,
+}
+
+/// One event's outcome as [`EventLog::note`] takes it.
+pub(crate) struct Seen<'a> {
+    pub(crate) pubsub: &'a str,
+    pub(crate) topic: &'a str,
+    /// `publish` or `consume`.
+    pub(crate) direction: &'static str,
+    pub(crate) event: &'a CloudEvent,
+    pub(crate) outcome: EventOutcome,
+    pub(crate) attempt: u32,
+    pub(crate) reason: Option<&'a str>,
+}
+
+impl EventLog {
+    /// Keeps a record of `seen` when the policy above says so.
+    pub(crate) fn note(&self, seen: &Seen<'_>) {
+        let correlation = seen
+            .event
+            .extension(CORRELATION_ID)
+            .filter(|c| !c.is_empty() && c.len() <= 256);
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.records.len() >= ieum_model::telemetry::MAX_EVENTS {
+            inner.left_out += 1;
+            return;
+        }
+        if !seen.outcome.is_failure() && correlation.is_none() {
+            let n = inner
+                .samples
+                .entry((
+                    seen.pubsub.to_owned(),
+                    seen.topic.to_owned(),
+                    seen.direction,
+                ))
+                .or_default();
+            if *n >= SAMPLES_PER_TOPIC {
+                return;
+            }
+            *n += 1;
+        }
+        let trace_id = seen
+            .event
+            .extension(TRACEPARENT)
+            .and_then(|tp| TraceContext::parse(tp.as_bytes()))
+            .map(|c| c.trace_id.iter().map(|b| format!("{b:02x}")).collect());
+        inner.records.push(EventRecord {
+            at: Timestamp::from_system(std::time::SystemTime::now()),
+            pubsub: seen.pubsub.to_owned(),
+            topic: seen.topic.to_owned(),
+            direction: seen.direction.to_owned(),
+            outcome: seen.outcome,
+            id: clip(&seen.event.id, 256),
+            source: clip(&seen.event.source, 512),
+            event_type: clip(&seen.event.ty, 256),
+            attempt: seen.attempt,
+            correlation_id: correlation.map(str::to_owned),
+            trace_id,
+            reason: seen.reason.map(|r| clip(r, 512)),
+        });
+    }
+
+    /// The records kept since the last call, and how many were left out.
+    pub(crate) fn take(&self) -> (Vec<EventRecord>, u64) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.samples.clear();
+        (
+            std::mem::take(&mut inner.records),
+            std::mem::take(&mut inner.left_out),
+        )
+    }
+}
+
+/// At most `max` bytes of `s` (on a character boundary), control characters as spaces, so
+/// a record always passes the server's checks.
+fn clip(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max));
+    for c in s.chars() {
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(if c.is_control() { ' ' } else { c });
+    }
+    if out.is_empty() { "-".to_owned() } else { out }
+}
+
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -211,5 +336,69 @@ mod tests {
             "ieum_events_dead_lettered_total{pubsub=\"bus\",topic=\"orders\",direction=\"inbound\"} 1"
         ));
         assert!(text.contains("# TYPE ieum_events_dropped_total counter"));
+    }
+
+    #[test]
+    fn the_event_log_keeps_failures_and_correlations_and_samples_the_rest() {
+        let log = EventLog::default();
+        let plain = CloudEvent::wrap("orders", "order.placed", None, bytes::Bytes::new());
+        let mut correlated = plain.clone();
+        correlated
+            .extensions
+            .insert(CORRELATION_ID.into(), "order-7".into());
+        correlated.extensions.insert(
+            TRACEPARENT.into(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        );
+        let seen = |event, outcome| Seen {
+            pubsub: "bus",
+            topic: "orders.placed",
+            direction: "consume",
+            event,
+            outcome,
+            attempt: 1,
+            reason: None,
+        };
+        for _ in 0..20 {
+            log.note(&seen(&plain, EventOutcome::Delivered));
+            log.note(&seen(&correlated, EventOutcome::Delivered));
+        }
+        log.note(&Seen {
+            reason: Some("the app answered\n500"),
+            attempt: 4,
+            ..seen(&plain, EventOutcome::DeadLettered)
+        });
+        let (records, left_out) = log.take();
+        assert_eq!(left_out, 0);
+        let count = |f: &dyn Fn(&EventRecord) -> bool| records.iter().filter(|r| f(r)).count();
+        assert_eq!(
+            count(&|r| r.correlation_id.as_deref() == Some("order-7")),
+            20
+        );
+        assert_eq!(
+            count(&|r| r.correlation_id.is_none() && r.outcome == EventOutcome::Delivered),
+            SAMPLES_PER_TOPIC as usize
+        );
+        let dead = records
+            .iter()
+            .find(|r| r.outcome == EventOutcome::DeadLettered)
+            .unwrap();
+        assert_eq!(dead.reason.as_deref(), Some("the app answered 500"));
+        assert_eq!(dead.attempt, 4);
+        assert_eq!(
+            records.iter().find_map(|r| r.trace_id.as_deref()).unwrap(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        // A new window samples again; past the cap, records are only counted.
+        log.note(&seen(&plain, EventOutcome::Delivered));
+        assert_eq!(log.take().0.len(), 1);
+        for _ in 0..ieum_model::telemetry::MAX_EVENTS + 3 {
+            log.note(&seen(&correlated, EventOutcome::Delivered));
+        }
+        let (records, left_out) = log.take();
+        assert_eq!(
+            (records.len(), left_out),
+            (ieum_model::telemetry::MAX_EVENTS, 3)
+        );
     }
 }

@@ -121,6 +121,9 @@ pub(crate) struct Bridge {
     pub(crate) client: Clients<Full<Bytes>>,
     /// Stops every runner's fetching (drain, shutdown).
     stop: CancellationToken,
+    /// The server that hosts `type: memory` PubSubs, once the lifecycle named it: without
+    /// one they are this process's own.
+    memory_host: std::sync::OnceLock<ieum_bridge::MemoryHost>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -138,6 +141,14 @@ impl Bridge {
             metrics: EventMetrics::default(),
             client: Clients::new(),
             stop,
+            memory_host: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Sends `type: memory` PubSubs to `host` (set once, before the first use).
+    pub(crate) fn set_memory_host(&self, host: ieum_bridge::MemoryHost) {
+        if self.memory_host.set(host).is_err() {
+            tracing::warn!("the server hosting memory PubSubs is set already; keeping the first");
         }
     }
 
@@ -205,7 +216,10 @@ impl Bridge {
         if let Some(mode) = mode {
             spec.cloud_events.mode = mode;
         }
-        let broker = ieum_bridge::connect(pubsub, &spec).await?;
+        let options = ieum_bridge::ConnectOptions {
+            memory_host: self.memory_host.get().cloned(),
+        };
+        let broker = ieum_bridge::connect_with(pubsub, &spec, &options).await?;
         tracing::info!(
             pubsub,
             broker = spec.kind.as_str(),

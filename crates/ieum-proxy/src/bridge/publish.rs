@@ -24,11 +24,14 @@ use ieum_bridge::cloudevents::http::event_from_request;
 use ieum_bridge::cloudevents::{CloudEvent, PARTITION_KEY, TRACEPARENT};
 use ieum_bridge::{BrokerError, cloudevents};
 use ieum_model::bridge::{BindingFormat, ContentMode};
+use ieum_model::telemetry::EventOutcome;
 use ieum_resilience::classify::{REASON_HEADER, SOURCE_HEADER};
 
 use super::Outcome;
+use super::metrics::Seen;
 use crate::Shared;
 use crate::body::{ProxyBody, text};
+use crate::trace::{Hop, Messaging, MessagingKind, SpanClock, messaging_span};
 
 const PUBLISH: &str = "/v1/publish/";
 const BINDINGS: &str = "/v1/bindings/";
@@ -149,7 +152,7 @@ async fn publish(
             };
         }
     };
-    let event = match event_of(&shared.service, &parts.headers, body, binding) {
+    let mut event = match event_of(&shared.service, &parts.headers, body, binding) {
         Ok(e) => e,
         Err(e) => {
             metrics.record(Outcome::PublishFailed);
@@ -174,6 +177,17 @@ async fn publish(
         },
         None => event.extension(PARTITION_KEY).map(str::to_owned),
     };
+    // The publish is a span of its own, below the outbound hop; the event carries it, so
+    // every delivery is its child.
+    let hop = Hop::child_of(event.extension(TRACEPARENT));
+    if let Some(hop) = &hop
+        && let Ok(tp) = hop.ctx.header().to_str()
+    {
+        event
+            .extensions
+            .insert(TRACEPARENT.to_owned(), tp.to_owned());
+    }
+    let started = SpanClock::start();
     // A raw binding keeps payloads as they are: binary mode on the broker.
     let mode = (binding == Some(BindingFormat::Raw)).then_some(ContentMode::Binary);
     let result = match shared.bridge.broker(pubsub, spec, *revision, mode).await {
@@ -188,9 +202,34 @@ async fn publish(
         }
         Err(e) => Err(e),
     };
+    if let (Some(tracer), Some(hop)) = (&shared.tracer, hop)
+        && hop.ctx.sampled()
+    {
+        let error = result.as_ref().err().map(ToString::to_string);
+        tracer.record(messaging_span(&Messaging {
+            hop,
+            kind: MessagingKind::Send,
+            started,
+            pubsub,
+            topic,
+            group: None,
+            event: &event,
+            attempt: 0,
+            error: error.as_deref(),
+        }));
+    }
     match result {
         Ok(()) => {
             metrics.record(Outcome::Published);
+            shared.bridge.metrics.log.note(&Seen {
+                pubsub,
+                topic,
+                direction: "publish",
+                event: &event,
+                outcome: EventOutcome::Published,
+                attempt: 0,
+                reason: None,
+            });
             let mut res = Response::new(text(String::new()));
             *res.status_mut() = StatusCode::NO_CONTENT;
             if let Ok(v) = HeaderValue::from_str(&event.id) {
@@ -295,6 +334,19 @@ mod tests {
         assert!(e.time.is_some());
         let e = event_of("orders", &http::HeaderMap::new(), Bytes::new(), None).unwrap();
         assert_eq!(e.ty, DEFAULT_TYPE);
+
+        // Attributes other than the sidecar's own come from `ce-` headers.
+        h.insert("ce-correlationid", HeaderValue::from_static("order%207"));
+        h.insert("ce-subject", HeaderValue::from_static("order 7"));
+        let e = event_of("orders", &h, Bytes::from_static(b"{}"), None).unwrap();
+        assert_eq!(e.extension("correlationid"), Some("order 7"));
+        assert_eq!(e.subject.as_deref(), Some("order 7"));
+        h.insert("ce-Bad_Name", HeaderValue::from_static("x"));
+        assert!(event_of("orders", &h, Bytes::new(), None).is_err());
+        h.remove("ce-bad_name");
+        h.insert("ce-id", HeaderValue::from_static("mine"));
+        let err = event_of("orders", &h, Bytes::new(), None).unwrap_err();
+        assert!(err.to_string().contains("ce-specversion"), "{err}");
     }
 
     #[test]

@@ -356,7 +356,8 @@ impl Registry {
 }
 
 /// One service publishing to a topic, summed over its instances.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Publisher {
     /// The publishing service.
     pub service: String,
@@ -370,7 +371,8 @@ pub struct Publisher {
 }
 
 /// One service consuming a topic, summed over its instances.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Consumer {
     /// The consuming service.
     pub service: String,
@@ -387,7 +389,8 @@ pub struct Consumer {
 }
 
 /// Who publishes to and who consumes one topic of one `PubSub`.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct TopicView {
     /// The `PubSub` (or `Binding`).
     pub pubsub: String,

@@ -8,6 +8,11 @@
 //! payments, shipping through the server's coordinator); shipping sometimes finds no
 //! courier, so some executions compensate. Every step's endpoint de-duplicates on the
 //! `Idempotency-Key` the coordinator sends, as saga participants must.
+//!
+//! Events: orders publishes `orders.placed` for each order it takes through its sidecar
+//! (`POST $IEUM_OUTBOUND/v1/publish/shop-events/orders.placed`, a binary-mode CloudEvent
+//! whose `correlationid` is the order's id) to the `memory` PubSub the server hosts;
+//! shipping receives it on `/events/order-placed` and asks for a retry now and then.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -18,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Context as _;
 use axum::Json;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -34,13 +40,14 @@ pub(crate) enum Shop {
     Shopper,
     /// `POST /checkout` → orders.
     Frontend,
-    /// `POST /orders` → stock, then payments.
+    /// `POST /orders` → stock, then payments; publishes `orders.placed`.
     Orders,
     /// `POST /reserve`, `POST /release`, `GET /items`.
     Stock,
     /// `POST /charge`, `POST /refund`, with provider outages.
     Payments,
-    /// `POST /ship`, `POST /cancel`; no courier for some orders.
+    /// `POST /ship`, `POST /cancel`; no courier for some orders. Consumes
+    /// `orders.placed` on `POST /events/order-placed`.
     Shipping,
 }
 
@@ -88,10 +95,18 @@ pub(crate) struct AppArgs {
 }
 
 const ITEMS: [&str; 5] = ["tea", "kettle", "mug", "teapot", "honey"];
+/// The `memory` PubSub of the shop's events (`demo/shop.yaml`), hosted by the server.
+const SHOP_EVENTS: &str = "shop-events";
+/// The topic orders publishes to for each order it takes.
+const ORDERS_PLACED: &str = "orders.placed";
 
 struct App {
     /// Calls to other services, through the sidecar.
     mesh: reqwest::Client,
+    /// The sidecar's own API (`IEUM_OUTBOUND`), called directly: publishing events.
+    sidecar: reqwest::Client,
+    /// `IEUM_OUTBOUND`.
+    outbound: String,
     started: Instant,
     args: AppArgs,
     next_id: AtomicU64,
@@ -136,13 +151,25 @@ pub(crate) async fn run(args: AppArgs) -> anyhow::Result<()> {
         .proxy(reqwest::Proxy::http(&outbound)?)
         .timeout(std::time::Duration::from_secs(5))
         .build()?;
+    let sidecar = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?;
     let service = args.service;
     let port = args.port;
+    // Order ids double as events' correlation ids: each orders instance counts from its
+    // own random base, so two instances do not hand out the same id.
+    let first_id = match service {
+        Shop::Orders => u64::from(rand::random::<u16>()) * 1_000_000 + 1,
+        _ => 1,
+    };
     let app = Arc::new(App {
         mesh,
+        sidecar,
+        outbound: outbound.trim_end_matches('/').to_owned(),
         started: Instant::now(),
         args,
-        next_id: AtomicU64::new(1),
+        next_id: AtomicU64::new(first_id),
         stock: Mutex::new(ITEMS.iter().map(|i| (*i, 1_000)).collect()),
         orders: Mutex::new(HashMap::new()),
         seen: Mutex::new(Seen::default()),
@@ -169,7 +196,8 @@ pub(crate) async fn run(args: AppArgs) -> anyhow::Result<()> {
             .route("/refund", post(refund)),
         Shop::Shipping => router
             .route("/ship", post(ship))
-            .route("/cancel", post(cancel)),
+            .route("/cancel", post(cancel))
+            .route("/events/order-placed", post(order_placed)),
     };
     let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
         .await
@@ -264,7 +292,36 @@ async fn place_order(State(app): Shared, Json(basket): Json<Basket>) -> Response
     let id = app.next_id.fetch_add(1, Ordering::Relaxed);
     let order = json!({"id": id, "item": basket.item, "qty": basket.qty, "payment": payment["id"]});
     lock(&app.orders).insert(id, order.clone());
+    publish_placed(&app, id, &order).await;
     reply(StatusCode::CREATED, order)
+}
+
+/// Publishes `orders.placed` through the sidecar: a binary-mode CloudEvent (`ce-`
+/// headers, the order as its JSON data) whose `correlationid` is the order's id. The
+/// order stands whether or not the event could be published; a failure is logged.
+async fn publish_placed(app: &App, id: u64, order: &Value) {
+    let url = format!("{}/v1/publish/{SHOP_EVENTS}/{ORDERS_PLACED}", app.outbound);
+    let sent = app
+        .sidecar
+        .post(url)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", format!("order-{id}-placed"))
+        .header("ce-source", "orders")
+        .header("ce-type", ORDERS_PLACED)
+        .header("ce-correlationid", format!("order-{id}"))
+        .header("content-type", "application/json")
+        .body(order.to_string())
+        .send()
+        .await;
+    match sent {
+        Ok(r) if r.status().is_success() => {}
+        Ok(r) => {
+            let status = r.status();
+            let why = r.text().await.unwrap_or_default();
+            eprintln!("orders: publishing {ORDERS_PLACED} for order {id} answered {status}: {why}");
+        }
+        Err(e) => eprintln!("orders: could not publish {ORDERS_PLACED} for order {id}: {e}"),
+    }
 }
 
 async fn get_order(State(app): Shared, Path(id): Path<u64>) -> Response {
@@ -394,6 +451,29 @@ async fn ship(State(app): Shared, headers: HeaderMap) -> Response {
         (StatusCode::OK, json!({"id": format!("ship-{id}")}))
     })
     .await
+}
+
+/// An `orders.placed` event (the `shipping-orders-placed` Subscription). About one first
+/// delivery in eight answers `{"status":"RETRY"}` (the courier desk is busy), so the
+/// topic shows retries; the redelivery (`ieum-attempt: 2`) succeeds.
+async fn order_placed(headers: HeaderMap, body: Bytes) -> Response {
+    work(1, 5).await;
+    let attempt = headers
+        .get("ieum-attempt")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(1);
+    if serde_json::from_slice::<Value>(&body).is_err() {
+        // Not an order: retrying cannot help.
+        return reply(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"error": "an orders.placed event carries the order as JSON"}),
+        );
+    }
+    if attempt == 1 && rand::random_range(0..8) == 0 {
+        return reply(StatusCode::OK, json!({"status": "RETRY"}));
+    }
+    reply(StatusCode::OK, json!({"status": "SUCCESS"}))
 }
 
 async fn cancel(State(app): Shared, headers: HeaderMap) -> Response {
