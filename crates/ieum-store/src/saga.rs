@@ -295,7 +295,7 @@ impl SagaLog for SqlSagaLog {
     }
 
     async fn create(&self, e: &NewExecution, first: &[NewRecord]) -> Result<Created, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = crate::sql::begin_write(&self.pool, self.backend).await?;
         let inserted = sqlx::query(
             "INSERT INTO saga_executions (id, saga, revision, idempotency_key, state, input, spec, \
              trace_id, created_at, updated_at, author, owner, lease_until) \
@@ -344,7 +344,7 @@ impl SagaLog for SqlSagaLog {
         if batches.is_empty() {
             return Ok(out);
         }
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = crate::sql::begin_write(&self.pool, self.backend).await?;
         for b in batches {
             let at = b
                 .records

@@ -86,10 +86,12 @@ pub(crate) async fn connect(
                 .max_connections(4)
                 .after_connect(move |conn, _| {
                     Box::pin(async move {
+                        // The busy timeout first: the other statements may need a lock
+                        // while another pool on the same file writes.
                         for pragma in [
+                            "PRAGMA busy_timeout = 5000",
                             "PRAGMA journal_mode = WAL",
                             synchronous,
-                            "PRAGMA busy_timeout = 5000",
                         ] {
                             sqlx::query(pragma).execute(&mut *conn).await?;
                         }
@@ -105,6 +107,22 @@ pub(crate) async fn connect(
     };
     let pool = options.connect(&url).await.map_err(unavailable)?;
     Ok((pool, backend))
+}
+
+/// Begins a transaction that writes. On SQLite it takes the write lock at once (`BEGIN
+/// IMMEDIATE`), waiting up to the busy timeout for another writer — the registry and the
+/// saga log write one file from two pools, and a deferred `BEGIN` that reads first and
+/// writes later cannot wait: SQLite answers `database is locked` at once to avoid a
+/// deadlock.
+pub(crate) async fn begin_write(
+    pool: &AnyPool,
+    backend: Backend,
+) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+    match backend {
+        Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
+        Backend::Postgres => pool.begin().await,
+    }
+    .map_err(unavailable)
 }
 
 /// Applies migrations up to and including `version` only; for upgrade tests.
@@ -380,7 +398,7 @@ impl Store for SqlStore {
         if batch.is_empty() {
             return Ok(out);
         }
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = begin_write(&self.pool, self.backend).await?;
         for change in batch {
             apply(&mut tx, change, &mut out).await?;
         }

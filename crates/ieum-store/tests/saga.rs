@@ -254,3 +254,48 @@ each_backend!(
         );
     }
 );
+
+/// The registry's store and the saga log write one SQLite file from two pools: writers
+/// wait for each other (busy timeout) instead of failing with `database is locked`.
+#[tokio::test]
+async fn the_registry_and_the_saga_log_write_one_sqlite_file_at_once() {
+    use ieum_store::{Change, NewEvent, Store};
+    let db = TestDb::sqlite();
+    let store = std::sync::Arc::new(SqlStore::open(&db.url).await.unwrap());
+    let log = std::sync::Arc::new(SqlSagaLog::open(&db.url).await.unwrap());
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..8 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            for i in 0..50 {
+                let event = Change::Event(NewEvent {
+                    time: t(i),
+                    kind: ieum_model::EventKind::InstanceUp,
+                    service: Some(format!("svc-{w}")),
+                    instance: None,
+                    message: format!("writer {w} event {i}"),
+                    author: "test".into(),
+                    data: json!(null),
+                });
+                store.commit(&[event]).await.expect("a registry write");
+            }
+        });
+        let log = log.clone();
+        tasks.spawn(async move {
+            for i in 0..50 {
+                let id = format!("ex-{w}-{i}");
+                let key = format!("key-{w}-{i}");
+                log.create(
+                    &execution(&id, Some(&key), Some("coordinator-1")),
+                    &[record(i, "started", None)],
+                )
+                .await
+                .expect("a saga log write");
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    db.cleanup().await;
+}
