@@ -13,7 +13,9 @@
 //! - `config`: configuration resources (apply, read, history, delete, JSON Schemas).
 //! - `pubsub`: `memory` PubSubs hosted for sidecars (publish, subscribe, fetch under
 //!   leases, settle): `ieum_bridge`'s in-process broker, shared over HTTP.
-//! - `auth`: open on loopback, bearer token for writes elsewhere.
+//! - `auth`: the route → permission table ([`auth::ROUTES`]), roles, and the middleware
+//!   that checks tokens; open on loopback without a token.
+//! - [`tokens`]: API tokens (create, list, revoke; hashed in the store, cached here).
 //! - `error`: [`ApiError`], the one error shape `{"error": {code, message, field}}`.
 //! - The web UI (`ieum-ui`) is merged in under `/ui`; `/` redirects there.
 //!
@@ -32,18 +34,20 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 mod api;
-mod auth;
+pub mod auth;
 mod config;
 mod error;
 mod extract;
+pub mod mesh;
 mod openapi;
 mod pubsub;
 pub mod push;
 mod saga;
+pub mod tokens;
 mod topics;
 
 pub use api::INDEX_HEADER;
-pub use auth::{Auth, Author};
+pub use auth::{Auth, Author, Caller, Permission, Role};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use openapi::openapi;
 
@@ -66,7 +70,22 @@ pub fn router(state: AppState) -> Router {
 /// The whole HTTP app, with the saga coordinator behind `/v1/sagas` and `/v1/flows`
 /// and the UI's saga pages.
 pub fn router_with(state: AppState, sagas: Option<ieum_saga::Coordinator>) -> Router {
-    let auth = state.auth.clone();
+    router_with_mesh(state, sagas, None)
+}
+
+/// [`router_with`], plus the mesh's certificate authority behind `/v1/mesh` and
+/// `/v1/certificates` (without one they answer 404 saying so).
+pub fn router_with_mesh(
+    state: AppState,
+    sagas: Option<ieum_saga::Coordinator>,
+    mesh: Option<mesh::Mesh>,
+) -> Router {
+    let tokens = tokens::Tokens::new(state.registry.store().clone());
+    let guard = auth::Guard {
+        auth: state.auth.clone(),
+        tokens: tokens.clone(),
+        registry: state.registry.clone(),
+    };
     // The push stream is gRPC on the same port: one address is all a client needs.
     let push = push::service(state.registry.clone(), state.shutdown.clone())
         .map_request(|req: axum::http::Request<axum::body::Body>| req.map(tonic::body::Body::new));
@@ -84,6 +103,8 @@ pub fn router_with(state: AppState, sagas: Option<ieum_saga::Coordinator>) -> Ro
             state.shutdown.clone(),
         ))
         .merge(ieum_ui::sagas_router(sagas))
+        .merge(tokens::routes(tokens, state.registry.clone()))
+        .merge(mesh::routes(mesh))
         .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
@@ -144,7 +165,8 @@ pub fn router_with(state: AppState, sagas: Option<ieum_saga::Coordinator>) -> Ro
             )
         })
         .layer(DefaultBodyLimit::max(extract::MAX_BODY))
-        .layer(axum::middleware::from_fn_with_state(auth, auth::authorize))
+        // After routing, so it sees the matched route (`auth::ROUTES`).
+        .layer(axum::middleware::from_fn_with_state(guard, auth::authorize))
         .with_state(state)
 }
 

@@ -3,13 +3,13 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::{api, config, pubsub, saga, topics};
+use crate::{api, config, mesh, pubsub, saga, tokens, topics};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "ieum",
-        description = "Service registry and control plane. Errors are `{\"error\": {\"code\", \"message\", \"field\"}}`; codes are listed in docs/errors.md.",
+        description = "Service registry and control plane. Errors are `{\"error\": {\"code\", \"message\", \"field\"}}`; codes are listed in docs/errors.md. Calls carry `Authorization: Bearer TOKEN`; which role each route needs is in `auth::ROUTES` (README, Tokens and roles).",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -32,6 +32,8 @@ use crate::{api, config, pubsub, saga, topics};
         topics::list,
         topics::get,
         topics::correlation,
+        mesh::info,
+        mesh::issue,
         config::apply,
         config::list,
         config::get,
@@ -48,6 +50,9 @@ use crate::{api, config, pubsub, saga, topics};
         pubsub::subscribe,
         pubsub::fetch,
         pubsub::settle,
+        tokens::create,
+        tokens::list,
+        tokens::revoke,
     ),
     tags(
         (name = "services", description = "Service definitions and summaries"),
@@ -56,7 +61,9 @@ use crate::{api, config, pubsub, saga, topics};
         (name = "config", description = "Declarative resources: apply, history, schemas"),
         (name = "server", description = "Health and status"),
         (name = "sagas", description = "Saga executions, operator actions and flows"),
+        (name = "mesh", description = "Workload identity: the mesh's CA and certificates for sidecars and gateways"),
         (name = "pubsubs", description = "`memory` PubSubs hosted for sidecars: publish, subscribe, fetch, settle"),
+        (name = "tokens", description = "API tokens and their roles (admin only)"),
     )
 )]
 struct ApiDoc;

@@ -2,8 +2,9 @@
 //!
 //! Codes are stable and documented in `docs/errors.md`; messages say what to do next.
 //! Ranges: `E10xx` request shape (JSON, names, sizes), `E11xx` `Service` spec, `E12xx`
-//! instance registration and checks, `E2xxx` routes and policies, `E30xx` the bridge's
-//! `PubSub`, `Subscription` and `Binding`.
+//! instance registration and checks, `E13xx` sidecar telemetry reports, `E2xxx` routes and
+//! policies, `E30xx` the bridge's `PubSub`, `Subscription` and `Binding`, `E32xx`
+//! `AuthorizationPolicy`.
 
 use std::fmt;
 

@@ -61,11 +61,15 @@ pub enum EventKind {
     /// A consumer's sidecar discarded an event (no dead-letter topic was set).
     #[serde(rename = "event.dropped")]
     EventDropped,
+    /// A service's sidecar denied calls by authorization (an `AuthorizationPolicy` rule or
+    /// default); reported as samples with the caller, request, policy, rule and count.
+    #[serde(rename = "authz.denied")]
+    AuthzDenied,
 }
 
 impl EventKind {
     /// Every kind, for documentation and filters.
-    pub const ALL: [EventKind; 16] = [
+    pub const ALL: [EventKind; 17] = [
         EventKind::ServiceCreated,
         EventKind::ServiceUpdated,
         EventKind::InstanceRegistered,
@@ -82,6 +86,7 @@ impl EventKind {
         EventKind::BreakerChanged,
         EventKind::EventDeadLettered,
         EventKind::EventDropped,
+        EventKind::AuthzDenied,
     ];
 
     /// The dotted name, e.g. `instance.down`.
@@ -103,6 +108,7 @@ impl EventKind {
             EventKind::BreakerChanged => "breaker.changed",
             EventKind::EventDeadLettered => "event.dead_lettered",
             EventKind::EventDropped => "event.dropped",
+            EventKind::AuthzDenied => "authz.denied",
         }
     }
 

@@ -18,6 +18,8 @@
 //!   orchestration) resources; [`template`]: their `${…}` CEL templates.
 //! - [`telemetry`]: golden signals and breaker transitions that sidecars report.
 //! - [`bridge`]: the sidecar bridge's `PubSub`, `Subscription` and `Binding` specs.
+//! - [`authz`]: the `AuthorizationPolicy` resource (who may call a service) and the
+//!   principal and path patterns it matches with.
 //! - [`resource`]: the `apiVersion / kind / metadata / spec` envelope, the kinds, YAML
 //!   documents, whole-resource validation, JSON Schemas and diffs.
 //!
@@ -25,6 +27,7 @@
 //! that reports *all* problems with a code and a field path, so bad input is explained,
 //! never half-applied.
 
+pub mod authz;
 pub mod bridge;
 pub mod duration;
 pub mod error;

@@ -8,6 +8,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::authz::AuthorizationPolicySpec;
 use crate::bridge::{BindingSpec, PubSubSpec, SubscriptionSpec};
 use crate::flow::FlowSpec;
 use crate::policy::{FaultInjectionSpec, RateLimitPolicySpec, ResiliencePolicySpec};
@@ -25,7 +26,7 @@ pub struct Resource {
     /// Always `ieum.dev/v1`.
     pub api_version: String,
     /// `Service`, `Route`, `ResiliencePolicy`, `RateLimitPolicy`, `FaultInjection`,
-    /// `PubSub`, `Subscription`, `Binding`, `Saga` or `Flow`.
+    /// `PubSub`, `Subscription`, `Binding`, `Saga`, `Flow` or `AuthorizationPolicy`.
     pub kind: String,
     /// Name and labels.
     pub metadata: Metadata,
@@ -68,11 +69,13 @@ pub enum Kind {
     Saga,
     /// A stateless orchestration answered at `POST /v1/flows/{name}`.
     Flow,
+    /// Who may call a service, and with which requests (enforced by its sidecars).
+    AuthorizationPolicy,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Service,
         Kind::Route,
         Kind::ResiliencePolicy,
@@ -83,6 +86,7 @@ impl Kind {
         Kind::Binding,
         Kind::Saga,
         Kind::Flow,
+        Kind::AuthorizationPolicy,
     ];
 
     /// The kind's name as written in `kind:`.
@@ -98,6 +102,7 @@ impl Kind {
             Kind::Binding => "Binding",
             Kind::Saga => "Saga",
             Kind::Flow => "Flow",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
         }
     }
 
@@ -291,6 +296,11 @@ pub fn check(resource: &Resource) -> Result<Checked, Vec<ValidationError>> {
             s.validate(&mut v);
             (normalized(&s), s.services())
         }),
+        Kind::AuthorizationPolicy => spec_of::<AuthorizationPolicySpec>(&spec).map(|s| {
+            s.validate(&mut v);
+            // The target joins `services` below, as for every policy.
+            (normalized(&s), Vec::new())
+        }),
     };
     let (spec, mut services) = match parsed {
         Ok(p) => p,
@@ -435,6 +445,7 @@ pub fn json_schema(kind: Kind) -> serde_json::Value {
         Kind::Binding => schema_of::<BindingSpec>(),
         Kind::Saga => schema_of::<SagaSpec>(),
         Kind::Flow => schema_of::<FlowSpec>(),
+        Kind::AuthorizationPolicy => schema_of::<AuthorizationPolicySpec>(),
     };
     let schema = serde_json::json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -481,6 +492,10 @@ mod tests {
         assert_eq!(Kind::parse("pubsubs"), Some(Kind::PubSub));
         assert_eq!(Kind::parse("subscriptions"), Some(Kind::Subscription));
         assert_eq!(Kind::parse("Binding"), Some(Kind::Binding));
+        assert_eq!(
+            Kind::parse("authorizationpolicies"),
+            Some(Kind::AuthorizationPolicy)
+        );
         assert_eq!(Kind::parse("svc"), None);
         assert_eq!(Kind::parse("widgets"), None);
     }

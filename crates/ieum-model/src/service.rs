@@ -35,6 +35,41 @@ pub struct ServiceSpec {
     /// Kubernetes `ExternalName`): callers use the name, ieum resolves the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<External>,
+    /// What the service's sidecars accept on their inbound listeners while the mesh runs
+    /// mTLS: `strict` (the default when unset) admits only mesh peers with a client
+    /// certificate; `permissive` also admits plain-text callers, for migrating callers
+    /// into the mesh. Unset is written as is, so existing revisions keep their meaning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<MtlsMode>,
+}
+
+/// Which callers a service's sidecars accept while the mesh runs mTLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    /// Only mesh peers presenting a client certificate (the default).
+    #[default]
+    Strict,
+    /// Mesh peers over mTLS and, for migration, callers in plain text (who have no mesh
+    /// identity, so policies and `allow-mesh` treat them as such).
+    Permissive,
+}
+
+impl MtlsMode {
+    /// `strict` or `permissive`, as written in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MtlsMode::Strict => "strict",
+            MtlsMode::Permissive => "permissive",
+        }
+    }
+}
+
+impl ServiceSpec {
+    /// The mTLS mode in effect: `strict` unless the spec says `permissive`.
+    pub fn mtls_mode(&self) -> MtlsMode {
+        self.mtls.unwrap_or_default()
+    }
 }
 
 /// One interface definition of a service.
@@ -143,6 +178,11 @@ impl ServiceSpec {
             });
             v.check(ext.port != 0, "E1109", "external.port", || {
                 "must be between 1 and 65535".into()
+            });
+            v.check(self.mtls.is_none(), "E1110", "mtls", || {
+                "an external service has no sidecar to accept mTLS: remove `mtls`, or \
+                 `external` if the service runs in the mesh"
+                    .into()
             });
         }
     }
@@ -255,6 +295,7 @@ mod tests {
                 port: 0,
                 tls: false,
             }),
+            mtls: Some(MtlsMode::Permissive),
             ..ServiceSpec::default()
         };
         let errs = errors(&spec);
@@ -266,11 +307,37 @@ mod tests {
             "E1107 sla.latencyP99",
             "E1108 external.host",
             "E1109 external.port",
+            "E1110 mtls",
         ];
         assert_eq!(errs.len(), expect.len(), "{errs:#?}");
         for (e, want) in errs.iter().zip(expect) {
             assert!(e.starts_with(want), "{e} should start with {want}");
         }
+    }
+
+    #[test]
+    fn mtls_is_strict_unless_permissive_and_takes_only_the_two_words() {
+        assert_eq!(ServiceSpec::default().mtls_mode(), MtlsMode::Strict);
+        let spec: ServiceSpec =
+            serde_json::from_value(serde_json::json!({"mtls": "permissive"})).unwrap();
+        assert_eq!(spec.mtls_mode(), MtlsMode::Permissive);
+        assert!(errors(&spec).is_empty());
+        assert_eq!(
+            serde_json::to_value(&spec).unwrap(),
+            serde_json::json!({"mtls": "permissive"})
+        );
+        // Unset stays unset, so specs written before the field keep their revisions.
+        assert_eq!(
+            serde_json::to_value(ServiceSpec::default()).unwrap(),
+            serde_json::json!({})
+        );
+        let err = serde_json::from_value::<ServiceSpec>(serde_json::json!({"mtls": "off"}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown variant `off`, expected `strict` or `permissive`"),
+            "{err}"
+        );
     }
 
     #[test]

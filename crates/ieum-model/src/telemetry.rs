@@ -1,6 +1,7 @@
 //! What sidecars report every few seconds: golden signals per destination and route,
-//! event counts per `PubSub` and topic, and circuit-breaker transitions (which become
-//! events on the caller's timeline).
+//! event counts per `PubSub` and topic, circuit-breaker transitions (which become
+//! events on the caller's timeline) and samples of calls their authorization denied
+//! (which become events on the service's timeline).
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,8 @@ pub const MAX_BREAKER_CHANGES: usize = 100;
 pub const MAX_TOPICS: usize = 1000;
 /// Most event records in one report.
 pub const MAX_EVENTS: usize = 500;
+/// Most denial lines in one report.
+pub const MAX_DENIALS: usize = 100;
 
 /// Body of `POST /v1/services/{name}/instances/{id}/telemetry`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -36,6 +39,36 @@ pub struct TelemetryReport {
     /// per topic as samples (absent from older sidecars, hence the default).
     #[serde(default)]
     pub events: Vec<EventRecord>,
+    /// Calls into the service that authorization denied since the last report, sampled:
+    /// one line per caller, method, path and deciding rule, with a count (absent from
+    /// older sidecars, and left out when empty so older servers accept the report).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denials: Vec<Denial>,
+}
+
+/// Calls into a service that its sidecar's authorization denied: one caller, request line
+/// and deciding rule, counted over a report's window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Denial {
+    /// The caller's mesh identity (`orders`, `gateway:edge`, `system:coordinator`);
+    /// absent for a caller without one (no client certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
+    /// The request's method.
+    pub method: String,
+    /// The request's path, without its query (cut at 256 characters).
+    pub path: String,
+    /// The `AuthorizationPolicy` whose rule or default denied; absent when no policy set
+    /// a default and the implicit one (`allow-mesh`) denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The index of the denying rule in the policy's `rules`; absent when the default
+    /// denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<u32>,
+    /// How many such calls were denied in the window (at least 1).
+    pub count: u64,
 }
 
 /// What happened to one event in a sidecar.
@@ -311,6 +344,15 @@ impl TelemetryReport {
                 }
             }
         }
+        v.check(
+            self.denials.len() <= MAX_DENIALS,
+            "E1306",
+            "denials",
+            || format!("at most {MAX_DENIALS} lines (has {})", self.denials.len()),
+        );
+        for (i, d) in self.denials.iter().enumerate() {
+            d.validate(v, &format!("denials[{i}]"));
+        }
         for (i, s) in self.signals.iter().enumerate() {
             let f = format!("signals[{i}]");
             v.check(
@@ -365,6 +407,56 @@ impl TelemetryReport {
                 });
             }
         }
+    }
+}
+
+impl Denial {
+    /// Checks one line; `f` is its field path (`denials[3]`).
+    fn validate(&self, v: &mut Validator, f: &str) {
+        if let Some(caller) = &self.caller
+            && let Err(why) = crate::authz::validate_principal(caller)
+        {
+            v.error("E1306", &format!("{f}.caller"), why);
+        }
+        v.check(
+            crate::authz::validate_method(&self.method).is_ok(),
+            "E1306",
+            &format!("{f}.method"),
+            || format!("`{}` is not an uppercase HTTP method", self.method),
+        );
+        v.check(
+            self.path.starts_with('/') && plain(&self.path, 1024),
+            "E1306",
+            &format!("{f}.path"),
+            || {
+                "a path starting with `/`, at most 1024 characters without control characters"
+                    .into()
+            },
+        );
+        if let Some(policy) = &self.policy {
+            v.check(
+                Name::parse(policy).is_ok(),
+                "E1306",
+                &format!("{f}.policy"),
+                || format!("`{policy}` is not a policy name"),
+            );
+        }
+        if let Some(rule) = self.rule {
+            v.check(
+                self.policy.is_some() && (rule as usize) < crate::authz::MAX_RULES,
+                "E1306",
+                &format!("{f}.rule"),
+                || {
+                    format!(
+                        "a rule index below {} of the `policy` named",
+                        crate::authz::MAX_RULES
+                    )
+                },
+            );
+        }
+        v.check(self.count >= 1, "E1306", &format!("{f}.count"), || {
+            "at least 1".into()
+        });
     }
 }
 
@@ -460,6 +552,7 @@ mod tests {
             }],
             topics: Vec::new(),
             events: Vec::new(),
+            denials: Vec::new(),
         };
         let mut v = Validator::new("");
         bad.validate(&mut v);
@@ -537,5 +630,92 @@ mod tests {
             .map(|e| e.field)
             .collect();
         assert_eq!(fields, ["events"]);
+    }
+
+    #[test]
+    fn denials_parse_and_are_checked() {
+        let r: TelemetryReport = serde_json::from_value(serde_json::json!({
+            "window": "10s",
+            "denials": [
+                {"caller": "reports", "method": "GET", "path": "/stock/7",
+                 "policy": "stock-callers", "rule": 2, "count": 5},
+                {"method": "POST", "path": "/", "count": 1}
+            ]
+        }))
+        .unwrap();
+        let mut v = Validator::new("");
+        r.validate(&mut v);
+        assert!(v.finish().is_ok());
+        assert_eq!(r.denials[1].caller, None);
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(json["denials"][1].get("caller").is_none());
+        let empty = TelemetryReport {
+            denials: Vec::new(),
+            ..r.clone()
+        };
+        assert!(
+            serde_json::to_value(&empty)
+                .unwrap()
+                .get("denials")
+                .is_none(),
+            "left out when empty, so older servers accept the report"
+        );
+
+        let hostile = TelemetryReport {
+            denials: vec![Denial {
+                caller: Some("user:bob".into()),
+                method: "get".into(),
+                path: "no-slash\n".into(),
+                policy: Some("Bad_Name".into()),
+                rule: Some(64),
+                count: 0,
+            }],
+            ..r.clone()
+        };
+        let mut v = Validator::new("");
+        hostile.validate(&mut v);
+        let errors = v.finish().unwrap_err();
+        assert!(errors.iter().all(|e| e.code == "E1306"), "{errors:?}");
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "denials[0].caller",
+                "denials[0].method",
+                "denials[0].path",
+                "denials[0].policy",
+                "denials[0].rule",
+                "denials[0].count"
+            ]
+        );
+        let orphan_rule = TelemetryReport {
+            denials: vec![Denial {
+                policy: None,
+                ..r.denials[0].clone()
+            }],
+            ..r.clone()
+        };
+        let mut v = Validator::new("");
+        orphan_rule.validate(&mut v);
+        let fields: Vec<String> = v
+            .finish()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(fields, ["denials[0].rule"], "a rule belongs to a policy");
+        let many = TelemetryReport {
+            denials: vec![r.denials[0].clone(); MAX_DENIALS + 1],
+            ..r
+        };
+        let mut v = Validator::new("");
+        many.validate(&mut v);
+        let fields: Vec<String> = v
+            .finish()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(fields, ["denials"]);
     }
 }

@@ -1,8 +1,10 @@
 //! The opt-in JSON access log, one line per request with Envoy's and Istio's field names
 //! (`start_time`, `method`, `path`, `protocol`, `response_code`, `response_flags`,
 //! `duration`, `upstream_cluster`, `route_name`, …) so existing dashboards and log
-//! pipelines read it unchanged. Where lines go is the caller's choice
-//! ([`crate::Sidecar::enable_access_log`]); nothing is formatted while it is off.
+//! pipelines read it unchanged. Inbound lines also carry `tls` (whether the call came
+//! over mTLS) and `client_id` (the caller's principal, empty without one), as Linkerd's
+//! metrics do. Where lines go is the caller's choice ([`crate::Sidecar::enable_access_log`]);
+//! nothing is formatted while it is off.
 
 use std::time::{Duration, SystemTime};
 
@@ -32,6 +34,8 @@ pub(crate) struct Entry {
     request_id: Option<String>,
     x_forwarded_for: Option<String>,
     traceparent: Option<String>,
+    /// Inbound: whether the connection is TLS, and the caller's principal.
+    peer: Option<(bool, String)>,
 }
 
 fn header(h: &HeaderMap, name: &str) -> Option<String> {
@@ -59,7 +63,15 @@ impl Entry {
             request_id: header(h, "x-request-id"),
             x_forwarded_for: header(h, "x-forwarded-for"),
             traceparent: header(h, "traceparent"),
+            peer: None,
         }
+    }
+
+    /// Notes how the caller connected (inbound lines): over TLS or not, and its principal
+    /// (empty without one).
+    pub(crate) fn peer(mut self, tls: bool, client_id: &str) -> Entry {
+        self.peer = Some((tls, client_id.to_owned()));
+        self
     }
 
     /// The whole line, once the response headers are known.
@@ -70,7 +82,7 @@ impl Entry {
             .and_then(|v| v.to_str().ok());
         let routed = res.extensions().get::<Routed>();
         let bytes_sent = http_body::Body::size_hint(res.body()).exact();
-        serde_json::json!({
+        let mut line = serde_json::json!({
             "start_time": Timestamp::from_system(self.start).to_string(),
             "direction": self.direction,
             "method": self.method,
@@ -88,8 +100,12 @@ impl Entry {
             "traceparent": self.traceparent,
             "route_name": routed.map(|r| r.route.as_str()),
             "upstream_cluster": routed.map(|r| r.cluster.as_str()),
-        })
-        .to_string()
+        });
+        if let (Some((tls, client_id)), Some(fields)) = (self.peer, line.as_object_mut()) {
+            fields.insert("tls".into(), tls.into());
+            fields.insert("client_id".into(), client_id.into());
+        }
+        line.to_string()
     }
 }
 
@@ -141,5 +157,23 @@ mod tests {
         assert_eq!(v["upstream_cluster"], "stock");
         assert_eq!(v["request_id"], "abc");
         assert_eq!(v["protocol"], "HTTP/1.1");
+        // Outbound lines say nothing of the caller's TLS.
+        assert!(
+            v.get("tls").is_none() && v.get("client_id").is_none(),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn inbound_lines_carry_tls_and_the_client_id() {
+        let req = Request::get("/x").body(()).unwrap();
+        let res = Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+        let line = |e: Entry| -> serde_json::Value {
+            serde_json::from_str(&e.line(&res, Duration::from_millis(1))).unwrap()
+        };
+        let v = line(Entry::new(&req, "inbound").peer(true, "web"));
+        assert_eq!((&v["tls"], &v["client_id"]), (&true.into(), &"web".into()));
+        let v = line(Entry::new(&req, "inbound").peer(false, ""));
+        assert_eq!((&v["tls"], &v["client_id"]), (&false.into(), &"".into()));
     }
 }

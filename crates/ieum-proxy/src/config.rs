@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use ieum_client::Snapshot;
+use ieum_model::authz::AuthorizationPolicySpec;
 use ieum_model::policy::{
     FaultInjectionSpec, RateLimitPolicySpec, ResiliencePolicySpec, TargetKind, TargetRef,
 };
@@ -179,6 +180,9 @@ pub(crate) struct Config {
     policies: HashMap<(TargetKind, String), ResiliencePolicySpec>,
     rate_limits: HashMap<(TargetKind, String), RateLimitPolicySpec>,
     faults: HashMap<(TargetKind, String), FaultInjectionSpec>,
+    /// `AuthorizationPolicy`s by the service they target, compiled, in name order: read
+    /// by the inbound listener for every call, so indexed here once per change.
+    authz: HashMap<String, Vec<crate::authz::Policy>>,
     /// Resources that could not be read, with why (shown by `/config`).
     problems: Vec<String>,
     /// The limit on calls into this sidecar's own service, built on first use.
@@ -226,6 +230,28 @@ impl Config {
                 "FaultInjection" => serde_json::from_value::<FaultInjectionSpec>(spec).map(|p| {
                     c.faults.insert(target(&p.target_ref), p);
                 }),
+                "AuthorizationPolicy" => {
+                    match serde_json::from_value::<AuthorizationPolicySpec>(spec) {
+                        Ok(p) => {
+                            let policy = crate::authz::Policy::compile(&r.name, &p);
+                            c.authz
+                                .entry(p.service().as_str().to_owned())
+                                .or_default()
+                                .push(policy);
+                            Ok(())
+                        }
+                        Err(e) => {
+                            // Fails closed: a policy this sidecar cannot read denies
+                            // every call into the service it targets.
+                            if let Some(service) = r.spec["targetRef"]["name"].as_str() {
+                                let policy =
+                                    crate::authz::Policy::unreadable(&r.name, e.to_string());
+                                c.authz.entry(service.to_owned()).or_default().push(policy);
+                            }
+                            Err(e)
+                        }
+                    }
+                }
                 _ => Ok(()),
             };
             if let Err(e) = result {
@@ -233,7 +259,15 @@ impl Config {
                 c.problems.push(format!("{key}: {e}"));
             }
         }
+        for list in c.authz.values_mut() {
+            list.sort_by(|a, b| a.name.cmp(&b.name));
+        }
         c
+    }
+
+    /// The `AuthorizationPolicy`s targeting `service`, in name order (none: empty).
+    pub(crate) fn authorization(&self, service: &str) -> &[crate::authz::Policy] {
+        self.authz.get(service).map_or(&[], Vec::as_slice)
     }
 
     /// The route rule that takes `req` addressed to `service` (path given separately, as
@@ -390,9 +424,15 @@ impl Config {
             .iter()
             .map(|(k, rev)| format!("{k}@{rev}"))
             .collect();
+        let authorization: BTreeMap<&str, Vec<&str>> = self
+            .authz
+            .iter()
+            .map(|(s, list)| (s.as_str(), list.iter().map(|p| p.name.as_str()).collect()))
+            .collect();
         serde_json::json!({
             "resources": resources,
             "services": per_service,
+            "authorizationPolicies": authorization,
             "routePolicies": route_policies,
             "problems": self.problems,
         })

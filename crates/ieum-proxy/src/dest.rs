@@ -115,12 +115,14 @@ fn endpoints(
         })
         .filter_map(|e| {
             let authority = authority(&e.address, e.port)?;
+            let transport = upstream.transport(&key.service, &authority, &e.metadata);
             let mut ep = Endpoint::new(
                 e.id.as_str(),
                 Upstream {
                     client: upstream.clone(),
                     authority,
                     wire: Wire::of(&e.protocol, &e.metadata),
+                    transport,
                 },
             )
             .weight(e.weight);
@@ -139,14 +141,16 @@ fn endpoints(
                 e.service.wire,
                 e.weight,
                 e.zone.as_deref().map(str::to_owned),
+                format!("{:?}", e.service.transport),
             )
         })
         .collect();
     (eps, signature)
 }
 
-/// Id, authority, wire version, weight and zone of an endpoint.
-type Signature = (String, String, Wire, u32, Option<String>);
+/// Id, authority, wire version, weight, zone and transport (the identity expected) of an
+/// endpoint.
+type Signature = (String, String, Wire, u32, Option<String>, String);
 
 /// Destinations by key.
 #[derive(Default)]

@@ -41,9 +41,14 @@
 //!     app_protocol: ieum_proxy::AppProtocol::Http,
 //!     tcp: vec!["127.0.0.1:15432=postgres".parse().expect("a TCP forward")],
 //!     otlp: ieum_proxy::OtlpConfig::from_env("orders").unwrap_or(None),
+//!     enforce_mesh_identity: false,
+//!     // With the mesh's credentials (`ieum_proxy::MeshConfig`), traffic between
+//!     // sidecars is mTLS; `None` is plain text (`ieum server --dev`).
+//!     mesh: None,
 //! })
 //! .await?;
-//! // Register the instance at `sidecar.inbound_addr()`; start the app with
+//! // Register the instance at `sidecar.inbound_addr()` (with metadata `identity` =
+//! // `sidecar.identity_uri()`, when there is one); start the app with
 //! // `HTTP_PROXY=http://{outbound_addr}`; report its health as checks go.
 //! sidecar.set_app_healthy(true);
 //! // On SIGTERM: mark the instance draining, then
@@ -65,8 +70,11 @@
 //! - `upstream`: pooled keep-alive clients (HTTP/1.1, and HTTP/2 prior knowledge for
 //!   requests that came in as HTTP/2, so gRPC keeps trailers and streams) and the
 //!   per-endpoint service.
-//! - `inbound`: forwarding to the app, with the service's own rate limit, the caller's
-//!   deadline, and in-flight counting for drains.
+//! - `inbound`: forwarding to the app, with authorization, the service's own rate limit,
+//!   the caller's deadline, and in-flight counting for drains.
+//! - `authz`: `AuthorizationPolicy` evaluation (pure: policies, caller, request in;
+//!   allow or deny with the deciding rule out), the 403 answer, denial samples for the
+//!   telemetry report; [`PeerIdentity`] is where the TLS layer puts the caller's identity.
 //! - `admin`: readiness, Prometheus metrics, the effective configuration, endpoints.
 //! - `access_log`: the opt-in JSON access log (Envoy's field names).
 //! - `breakers`: latest breaker states and the coalesced feed of transitions.
@@ -80,6 +88,11 @@
 //!   counts) rather than wait, batches sent by one task over OTLP/HTTP protobuf or gRPC.
 //! - `server`: the accept loop (HTTP/1.1 and h2c on one port) with graceful stop; `body`:
 //!   the response body type and the in-flight guard.
+//! - `mtls`: mTLS between sidecars when a [`MeshConfig`] is given — the inbound listener
+//!   sniffs each connection's first byte and serves TLS with a mesh client certificate
+//!   required (plain text too for an `mtls: permissive` service), putting the caller's
+//!   identity on its requests; calls to endpoints registered with an `identity` go over
+//!   TLS with the callee's SPIFFE id verified.
 //!
 //! **Invariant (static stability):** the request path never waits on the control plane,
 //! except the client library's bounded first-use wait for a service never seen before.
@@ -89,12 +102,18 @@
 //! **Invariant:** every resilience concern comes from `ieum-resilience`; this crate only
 //! chooses the configuration and the endpoints.
 //!
+//! **Invariant:** with a mesh configured, the inbound listener admits only mesh peers
+//! (verified client certificates) unless the service is `mtls: permissive`, and a call to
+//! an endpoint with an `identity` is sent only once the callee proved exactly that SPIFFE
+//! id — never a DNS name.
+//!
 //! **Invariant:** span export never slows a request: spans are offered to a bounded
 //! queue without waiting, and without an exporter nothing is recorded (only the
 //! `traceparent` header is written).
 
 mod access_log;
 mod admin;
+mod authz;
 mod body;
 mod breakers;
 mod bridge;
@@ -102,6 +121,7 @@ mod config;
 mod dest;
 mod inbound;
 mod metrics;
+mod mtls;
 mod otlp;
 mod outbound;
 mod server;
@@ -121,9 +141,11 @@ use ieum_client::{Client, Snapshot};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use authz::PeerIdentity;
 pub use body::ProxyBody;
 pub use bridge::{BridgeOptions, BridgeStart, TopicTraffic};
 pub use metrics::{GoldenSignals, Traffic};
+pub use mtls::MeshConfig;
 pub use otlp::{OtlpConfig, OtlpProtocol};
 pub use tcp::TcpForward;
 
@@ -165,6 +187,21 @@ pub struct SidecarConfig {
     pub tcp: Vec<TcpForward>,
     /// Where spans go (OTLP); `None` records none (`traceparent` still propagates).
     pub otlp: Option<OtlpConfig>,
+    /// Whether callers must prove a mesh identity. Always on with a [`mesh`](Self::mesh)
+    /// (the TLS layer puts a [`PeerIdentity`] on each request), whatever this says; set it
+    /// without a mesh only to test policies. When on, every call in is authorized, with
+    /// the implicit default `allow-mesh` for a service no policy sets a default for —
+    /// except a service whose `Service` says `mtls: permissive`, which admits callers
+    /// without an identity as dev mode does. When off (no mesh: `ieum server --dev`),
+    /// only services that an `AuthorizationPolicy` targets are checked, as in dev mode:
+    /// the implicit default is `allow-all` and rules without `from` also match callers
+    /// without an identity.
+    pub enforce_mesh_identity: bool,
+    /// mTLS between sidecars: this sidecar's identity and the mesh's roots. `None` is
+    /// plain text everywhere (`ieum server --dev`). With it, the inbound listener requires
+    /// mesh client certificates (unless the service is `mtls: permissive`), and calls to
+    /// endpoints registered with an `identity` go over mTLS, verifying that identity.
+    pub mesh: Option<MeshConfig>,
 }
 
 /// What the outbound listener does with a destination that is not a registered service
@@ -257,9 +294,26 @@ pub(crate) struct Shared {
     tcp_forwards: Vec<Arc<tcp::Forward>>,
     /// Publish, subscriptions and bindings.
     bridge: bridge::Bridge,
+    /// See [`SidecarConfig::enforce_mesh_identity`]: on with a mesh.
+    enforce_mesh_identity: bool,
+    /// Whether the own `Service` says `mtls: permissive` (from the snapshot): plain-text
+    /// callers are admitted, and authorized as in dev mode.
+    mtls_permissive: AtomicBool,
+    /// The identity presented, with a mesh.
+    identity: Option<ieum_identity::Identity>,
+    /// The inbound listener's TLS, with a mesh. (The outbound side's lives in
+    /// `up_client` and the opaque TCP forwards.)
+    inbound_tls: Option<Arc<mtls::inbound::InboundTls>>,
+    /// Samples of denied calls for the next telemetry report.
+    denials: authz::DenialLog,
 }
 
 impl Shared {
+    /// Whether the own service admits plain-text callers (`mtls: permissive`).
+    fn mtls_permissive(&self) -> bool {
+        self.mtls_permissive.load(Ordering::Relaxed)
+    }
+
     fn config(&self) -> Arc<Config> {
         self.config
             .read()
@@ -270,6 +324,8 @@ impl Shared {
     /// Follows a new snapshot: a new configuration when a resource changed (keeping the
     /// stacks it does not change), otherwise new endpoints for the existing stacks.
     fn on_snapshot(&self, snapshot: &Snapshot) {
+        self.mtls_permissive
+            .store(mtls::permissive(snapshot, &self.service), Ordering::Relaxed);
         let current = self.config();
         if current.fingerprint != config::fingerprint(snapshot) {
             let fresh = Config::from_snapshot(snapshot);
@@ -337,6 +393,21 @@ impl std::fmt::Debug for Sidecar {
 impl Sidecar {
     /// Binds the three listeners (and the opaque TCP ones) and serves them.
     pub async fn start(config: SidecarConfig) -> std::io::Result<Sidecar> {
+        let tls_error = |e: ieum_identity::ConfigError| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("mTLS: {e}"))
+        };
+        let (inbound_tls, outbound_tls) = match &config.mesh {
+            Some(mesh) => {
+                mesh.check()?;
+                (
+                    Some(Arc::new(
+                        mtls::inbound::InboundTls::new(mesh).map_err(tls_error)?,
+                    )),
+                    Some(Arc::new(mtls::outbound::OutboundTls::new(mesh))),
+                )
+            }
+            None => (None, None),
+        };
         let bind = |what: String, addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -353,7 +424,13 @@ impl Sidecar {
         let app = upstream::authority(&config.app_addr.ip().to_string(), config.app_addr.port())
             .ok_or_else(|| std::io::Error::other("the app address is not a valid authority"))?;
         let metrics = Metrics::default();
-        let inbound_metrics = metrics.route(Direction::Inbound, &config.service, "default");
+        // With a mesh, inbound series carry `tls` and `client_id`; this one counts plain
+        // text (`mtls: permissive`).
+        let inbound_metrics = if config.mesh.is_some() {
+            metrics.inbound_peer(&config.service, false, "")
+        } else {
+            metrics.route(Direction::Inbound, &config.service, "default")
+        };
         let egress_metrics = metrics.route(Direction::Outbound, "external", "egress");
         let snapshot = config.client.snapshot();
         let zone: Option<Arc<str>> = config.zone.as_deref().map(Arc::from);
@@ -367,6 +444,7 @@ impl Sidecar {
                 zone.clone(),
                 &snapshot,
                 m,
+                outbound_tls.clone(),
             )));
         }
         let stop = CancellationToken::new();
@@ -389,7 +467,10 @@ impl Sidecar {
             inbound_metrics,
             egress_metrics,
             outbound_port: outbound_l.local_addr()?.port(),
-            up_client: Clients::new(),
+            up_client: match &outbound_tls {
+                Some(tls) => Clients::with_mesh(tls.clone()),
+                None => Clients::new(),
+            },
             app_client: Clients::new(),
             app_healthy: AtomicBool::new(true),
             draining: AtomicBool::new(false),
@@ -402,6 +483,11 @@ impl Sidecar {
             tracer,
             tcp_forwards,
             bridge: bridge::Bridge::new(&snapshot, &service, stop.child_token()),
+            enforce_mesh_identity: config.enforce_mesh_identity || config.mesh.is_some(),
+            mtls_permissive: AtomicBool::new(mtls::permissive(&snapshot, &service)),
+            identity: config.mesh.map(|m| m.identity),
+            inbound_tls,
+            denials: authz::DenialLog::default(),
         });
         shared.sample_connected();
         let stop_inbound = stop.child_token();
@@ -422,11 +508,22 @@ impl Sidecar {
         });
         match config.app_protocol {
             AppProtocol::Http => {
-                let s = shared.clone();
                 let tcp = Some(shared.metrics.tcp_inbound.clone());
-                server::spawn(inbound_l, stop_inbound, tcp, move |req| {
-                    inbound::handle(s.clone(), req)
-                });
+                match &shared.inbound_tls {
+                    Some(tls) => mtls::inbound::serve_http(
+                        shared.clone(),
+                        tls.clone(),
+                        inbound_l,
+                        stop_inbound,
+                        tcp,
+                    ),
+                    None => {
+                        let s = shared.clone();
+                        server::spawn(inbound_l, stop_inbound, tcp, move |req| {
+                            inbound::handle(s.clone(), req)
+                        });
+                    }
+                }
             }
             AppProtocol::Tcp => tcp::serve_inbound(shared.clone(), inbound_l, stop_inbound),
         }
@@ -476,6 +573,13 @@ impl Sidecar {
     /// The admin listener's address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
+    }
+
+    /// The SPIFFE id this sidecar presents (`spiffe://ieum.local/svc/orders`), with a mesh:
+    /// what its instance's registration carries as metadata `identity`, so callers
+    /// verify it. `None` without a mesh (callers then use plain text).
+    pub fn identity_uri(&self) -> Option<String> {
+        self.shared.identity.as_ref().map(|i| i.id().uri())
     }
 
     /// Reports the app's health, as the lifecycle's local check sees it; `/ready` follows.
@@ -564,6 +668,13 @@ impl Sidecar {
     /// and a few samples per topic), and how many did not fit, for the telemetry report.
     pub fn take_event_records(&self) -> (Vec<ieum_model::telemetry::EventRecord>, u64) {
         self.shared.bridge.metrics.log.take()
+    }
+
+    /// Samples of the calls in that authorization denied since the last call (one line
+    /// per caller, method, path and deciding rule, with a count; at most 20), and how many
+    /// denials did not fit, for the telemetry report.
+    pub fn take_denials(&self) -> (Vec<ieum_model::telemetry::Denial>, u64) {
+        self.shared.denials.take()
     }
 
     /// Stops every listener and background task.

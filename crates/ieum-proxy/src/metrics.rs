@@ -1,6 +1,9 @@
 //! Prometheus metrics with Linkerd's names: `request_total`, `response_total`
 //! (`classification`, `status_code`) and the `response_latency_ms` histogram, labelled
-//! `direction`, `dst_service` and `route`.
+//! `direction`, `dst_service` and `route` — and, inbound on a sidecar with a mesh, `tls`
+//! (`true`/`false`) and `client_id` (the caller's principal, empty without one), as
+//! Linkerd's; and `ieum_authz_denied_total` (`caller`, `policy`) for calls in that
+//! authorization denied.
 //!
 //! One [`RouteMetrics`] per label set, registered once (when a destination is first used)
 //! and held by whoever records into it; recording is a few relaxed atomic additions, and
@@ -178,7 +181,56 @@ fn quantile(cumulative: &[(u64, u64)], q: f64) -> Option<f64> {
     Some(lower.0 as f64)
 }
 
-type Key = (Direction, String, String);
+/// `tls` and `client_id` of an inbound label set (a sidecar with a mesh only).
+type PeerLabels = (bool, String);
+
+type Key = (Direction, String, String, Option<PeerLabels>);
+
+/// Most distinct `client_id`s of the inbound metrics; past it, new callers are counted as
+/// `client_id="other"`. Principals are service names, so this is rarely reached.
+pub(crate) const MAX_CLIENT_IDS: usize = 256;
+
+/// Most `caller`/`policy` label sets of `ieum_authz_denied_total`; past it, new callers
+/// are counted as `caller="other"` (so a flood of identities cannot grow `/metrics`).
+pub(crate) const MAX_AUTHZ_LABEL_SETS: usize = 256;
+
+/// `ieum_authz_denied_total`: calls into the service denied by authorization, by caller
+/// (the principal, or `-` without a mesh identity) and policy (`-` for the implicit
+/// default). Denials are rare next to requests, so one lock per denial is fine.
+#[derive(Debug, Default)]
+pub(crate) struct AuthzDenied {
+    counts: Mutex<BTreeMap<(String, String), u64>>,
+}
+
+impl AuthzDenied {
+    /// Counts one denial.
+    pub(crate) fn denied(&self, caller: &str, policy: &str) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (caller.to_owned(), policy.to_owned());
+        let key = if counts.contains_key(&key) || counts.len() < MAX_AUTHZ_LABEL_SETS {
+            key
+        } else {
+            ("other".to_owned(), key.1)
+        };
+        *counts.entry(key).or_default() += 1;
+    }
+
+    fn render(&self, out: &mut String) {
+        out.push_str(
+            "# HELP ieum_authz_denied_total Calls into this service denied by authorization.\n",
+        );
+        out.push_str("# TYPE ieum_authz_denied_total counter\n");
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        for ((caller, policy), n) in counts.iter() {
+            let _ = writeln!(
+                out,
+                "ieum_authz_denied_total{{caller=\"{}\",policy=\"{}\"}} {n}",
+                escape(caller),
+                escape(policy)
+            );
+        }
+    }
+}
 
 /// Connections accepted by one listener (Linkerd's `tcp_*` with `peer="src"`).
 #[derive(Debug, Default)]
@@ -250,6 +302,8 @@ pub(crate) struct Metrics {
     /// Accepted connections, inbound and outbound.
     pub(crate) tcp_inbound: Arc<TcpMetrics>,
     pub(crate) tcp_outbound: Arc<TcpMetrics>,
+    /// Calls in denied by authorization.
+    pub(crate) authz_denied: AuthzDenied,
 }
 
 impl Metrics {
@@ -257,7 +311,33 @@ impl Metrics {
     pub(crate) fn route(&self, dir: Direction, dst: &str, route: &str) -> Arc<RouteMetrics> {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         routes
-            .entry((dir, dst.to_owned(), route.to_owned()))
+            .entry((dir, dst.to_owned(), route.to_owned(), None))
+            .or_insert_with(|| Arc::new(RouteMetrics::new()))
+            .clone()
+    }
+
+    /// The inbound counters of `dst` for connections with `tls` and `client_id` (empty
+    /// without a client certificate), registered on first use; looked up once per
+    /// connection. Past [`MAX_CLIENT_IDS`] callers, a new one is `client_id="other"`.
+    pub(crate) fn inbound_peer(&self, dst: &str, tls: bool, client_id: &str) -> Arc<RouteMetrics> {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let key = |client_id: &str| {
+            (
+                Direction::Inbound,
+                dst.to_owned(),
+                "default".to_owned(),
+                Some((tls, client_id.to_owned())),
+            )
+        };
+        let mut k = key(client_id);
+        if !routes.contains_key(&k) {
+            let callers = routes.keys().filter(|k| k.3.is_some()).count();
+            if callers >= MAX_CLIENT_IDS {
+                k = key("other");
+            }
+        }
+        routes
+            .entry(k)
             .or_insert_with(|| Arc::new(RouteMetrics::new()))
             .clone()
     }
@@ -268,42 +348,60 @@ impl Metrics {
         m.entry((dir, dst.to_owned())).or_default().clone()
     }
 
-    /// A sample of every label set.
+    /// A sample of every `direction`/`dst_service`/`route` (the `tls`/`client_id` label
+    /// sets of one summed).
     pub(crate) fn traffic(&self) -> Vec<Traffic> {
         let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        routes
-            .iter()
-            .map(|((dir, dst, route), m)| {
-                let sum = |i: usize| {
-                    m.responses[i]
-                        .iter()
-                        .map(|c| c.load(Ordering::Relaxed))
-                        .sum()
-                };
-                let mut cumulative = 0;
-                let mut latency_ms: Vec<(u64, u64)> = BUCKETS_MS
+        let mut out: Vec<Traffic> = Vec::new();
+        let samples = routes.iter().map(|((dir, dst, route, _), m)| {
+            let sum = |i: usize| {
+                m.responses[i]
                     .iter()
-                    .zip(&m.buckets)
-                    .map(|(le, b)| {
-                        cumulative += b.load(Ordering::Relaxed);
-                        (*le, cumulative)
-                    })
-                    .collect();
-                // Slower than the last bound: counted at the last bound.
-                if let Some(last) = latency_ms.last_mut() {
-                    last.1 = last.1.max(m.count.load(Ordering::Relaxed));
+                    .map(|c| c.load(Ordering::Relaxed))
+                    .sum()
+            };
+            let mut cumulative = 0;
+            let mut latency_ms: Vec<(u64, u64)> = BUCKETS_MS
+                .iter()
+                .zip(&m.buckets)
+                .map(|(le, b)| {
+                    cumulative += b.load(Ordering::Relaxed);
+                    (*le, cumulative)
+                })
+                .collect();
+            // Slower than the last bound: counted at the last bound.
+            if let Some(last) = latency_ms.last_mut() {
+                last.1 = last.1.max(m.count.load(Ordering::Relaxed));
+            }
+            Traffic {
+                direction: dir.as_str(),
+                dst_service: dst.clone(),
+                route: route.clone(),
+                requests: m.requests.load(Ordering::Relaxed),
+                successes: sum(0),
+                failures: sum(1),
+                latency_ms,
+            }
+        });
+        // Label sets of one route are adjacent: the peer labels sort last in the key.
+        for t in samples {
+            match out.last_mut() {
+                Some(last)
+                    if last.direction == t.direction
+                        && last.dst_service == t.dst_service
+                        && last.route == t.route =>
+                {
+                    last.requests += t.requests;
+                    last.successes += t.successes;
+                    last.failures += t.failures;
+                    for (mine, theirs) in last.latency_ms.iter_mut().zip(&t.latency_ms) {
+                        mine.1 += theirs.1;
+                    }
                 }
-                Traffic {
-                    direction: dir.as_str(),
-                    dst_service: dst.clone(),
-                    route: route.clone(),
-                    requests: m.requests.load(Ordering::Relaxed),
-                    successes: sum(0),
-                    failures: sum(1),
-                    latency_ms,
-                }
-            })
-            .collect()
+                _ => out.push(t),
+            }
+        }
+        out
     }
 
     /// The Prometheus text exposition.
@@ -316,13 +414,17 @@ impl Metrics {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let mut out = String::new();
-        let labels = |(dir, dst, route): &Key| {
-            format!(
+        let labels = |(dir, dst, route, peer): &Key| {
+            let mut l = format!(
                 "direction=\"{}\",dst_service=\"{}\",route=\"{}\"",
                 dir.as_str(),
                 escape(dst),
                 escape(route)
-            )
+            );
+            if let Some((tls, client_id)) = peer {
+                let _ = write!(l, ",tls=\"{tls}\",client_id=\"{}\"", escape(client_id));
+            }
+            l
         };
         let tcp = [
             (Direction::Inbound, &self.tcp_inbound),
@@ -451,6 +553,7 @@ impl Metrics {
             let _ = writeln!(out, "response_latency_ms_sum{{{l}}} {sum}");
             let _ = writeln!(out, "response_latency_ms_count{{{l}}} {count}");
         }
+        self.authz_denied.render(&mut out);
         out
     }
 }
@@ -494,6 +597,76 @@ mod tests {
             &r,
             &m.route(Direction::Outbound, "stock", "default")
         ));
+    }
+
+    #[test]
+    fn authz_denials_are_counted_with_bounded_labels() {
+        let m = Metrics::default();
+        m.authz_denied.denied("reports", "stock-callers");
+        m.authz_denied.denied("reports", "stock-callers");
+        m.authz_denied.denied("-", "-");
+        for i in 0..MAX_AUTHZ_LABEL_SETS + 10 {
+            m.authz_denied.denied(&format!("svc-{i}"), "p");
+        }
+        let text = m.render();
+        assert!(text.contains("# TYPE ieum_authz_denied_total counter"));
+        assert!(
+            text.contains("ieum_authz_denied_total{caller=\"reports\",policy=\"stock-callers\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("ieum_authz_denied_total{caller=\"-\",policy=\"-\"} 1"));
+        let lines = text
+            .lines()
+            .filter(|l| l.starts_with("ieum_authz_denied_total{"))
+            .count();
+        assert_eq!(lines, MAX_AUTHZ_LABEL_SETS + 1, "bounded, plus `other`");
+        assert!(text.contains("ieum_authz_denied_total{caller=\"other\",policy=\"p\"} 12"));
+    }
+
+    #[test]
+    fn inbound_peers_are_labelled_bounded_and_summed_in_samples() {
+        let m = Metrics::default();
+        let plain = m.inbound_peer("stock", false, "");
+        let web = m.inbound_peer("stock", true, "web");
+        assert!(Arc::ptr_eq(&web, &m.inbound_peer("stock", true, "web")));
+        plain.request();
+        plain.response(StatusCode::FORBIDDEN, false, Duration::from_millis(1));
+        for _ in 0..3 {
+            web.request();
+            web.response(StatusCode::OK, false, Duration::from_millis(2));
+        }
+        let text = m.render();
+        let l = r#"direction="inbound",dst_service="stock",route="default""#;
+        assert!(
+            text.contains(&format!(
+                "request_total{{{l},tls=\"true\",client_id=\"web\"}} 3"
+            )),
+            "{text}"
+        );
+        assert!(text.contains(&format!(
+            "request_total{{{l},tls=\"false\",client_id=\"\"}} 1"
+        )));
+        assert!(text.contains(&format!(
+            "response_latency_ms_count{{{l},tls=\"true\",client_id=\"web\"}} 3"
+        )));
+        // One sample per route, whoever called.
+        let t = m.traffic();
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!((t[0].requests, t[0].successes), (4, 4));
+        assert_eq!(t[0].latency_ms.last().unwrap().1, 4);
+
+        for i in 0..MAX_CLIENT_IDS + 5 {
+            m.inbound_peer("stock", true, &format!("svc-{i}")).request();
+        }
+        let text = m.render();
+        let sets = text
+            .lines()
+            .filter(|l| l.starts_with("request_total{direction=\"inbound\""))
+            .count();
+        assert_eq!(sets, MAX_CLIENT_IDS + 1, "bounded, plus `other`");
+        assert!(text.contains(&format!(
+            "request_total{{{l},tls=\"true\",client_id=\"other\"}} 7"
+        )));
     }
 
     #[test]

@@ -40,7 +40,7 @@ use crate::config::{apply_request_filters, apply_response_filters, pick_backend}
 use crate::dest::{Dest, DestKey, has_up};
 use crate::metrics::Direction;
 use crate::trace::{Hop, Kind, Pending};
-use crate::upstream::{Upstream, Wire, strip_hop_by_hop};
+use crate::upstream::{Transport, Upstream, Wire, strip_hop_by_hop};
 use crate::{Egress, Shared};
 
 /// Prefix of the path form of the sidecar's own API.
@@ -182,6 +182,7 @@ async fn egress(
         client: shared.app_client.clone(),
         authority: authority.clone(),
         wire: Wire::Http1,
+        transport: Transport::Plain,
     };
     let mut res = match upstream.oneshot(req).await {
         Ok(res) => res,
@@ -429,7 +430,14 @@ async fn proxy(
         && res.headers().contains_key(SOURCE_HEADER)
     {
         let reason = reason.to_str().unwrap_or("error").to_owned();
-        let body = format!("{reason}: calling `{}`\n", dest.key.service);
+        // A call that never left because the callee did not prove its identity says why
+        // (and which identity was expected).
+        let body = match shared.up_client.refusal(&dest.key.service) {
+            Some(why) if res.status().is_server_error() => {
+                format!("{reason}: calling `{}`: {why}\n", dest.key.service)
+            }
+            _ => format!("{reason}: calling `{}`\n", dest.key.service),
+        };
         res.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),

@@ -8,6 +8,12 @@
 //!   Endpoints come from the snapshot and follow it, whatever protocol they registered.
 //! - **Inbound** (`--app-protocol tcp`): the inbound listener pipes every connection to the
 //!   app instead of speaking HTTP.
+//! - **mTLS** (with a mesh): a forward wraps its connection in TLS towards an endpoint
+//!   registered with an `identity`, verifying it (not when `:PORT` dials another port than
+//!   the registered one: that is not the sidecar); the inbound listener requires a mesh
+//!   client certificate, or, for an `mtls: permissive` service, also takes plain text — a
+//!   client that stays silent for `TCP_FIRST_BYTE` (a protocol where the server speaks
+//!   first) counts as plain text there.
 //!
 //! Metrics are Linkerd's `tcp_*` with `peer="dst"`, `direction` and `dst_service`:
 //! `tcp_open_total`, `tcp_close_total`, `tcp_open_connections`, `tcp_read_bytes_total`
@@ -34,6 +40,9 @@ use tower::{BoxError, Service, ServiceExt};
 
 use crate::Shared;
 use crate::metrics::{Direction, TcpDst};
+use crate::mtls::inbound::{Accepted, TCP_FIRST_BYTE};
+use crate::mtls::outbound::{Alpn, Expect, OutboundTls};
+use crate::mtls::{Sniffed, Stream};
 
 /// Longest wait for a destination to accept a connection (including the wait for an
 /// available endpoint).
@@ -86,12 +95,15 @@ impl FromStr for TcpForward {
 #[derive(Debug, Clone)]
 struct Connect {
     addr: String,
+    /// mTLS towards a sidecar with an identity: the outbound TLS, what to expect, and the
+    /// service (for refusal notes).
+    tls: Option<(Arc<OutboundTls>, Expect, Arc<str>)>,
 }
 
 impl Service<Request<()>> for Connect {
-    type Response = Response<TcpStream>;
+    type Response = Response<Stream>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<TcpStream>, BoxError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Stream>, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
@@ -99,18 +111,30 @@ impl Service<Request<()>> for Connect {
 
     fn call(&mut self, _req: Request<()>) -> Self::Future {
         let addr = self.addr.clone();
+        let tls = self.tls.clone();
         Box::pin(async move {
             let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
                 .await
                 .map_err(|_| format!("connecting to {addr} timed out"))??;
             let _ = stream.set_nodelay(true);
+            let stream = match tls {
+                None | Some((_, Expect::Plain, _)) => Stream::Plain(stream),
+                Some((_, Expect::Broken(why), _)) => return Err(why.to_string().into()),
+                Some((tls, Expect::Mesh(target), service)) => {
+                    let authority: http::uri::Authority = addr.parse()?;
+                    let s = tls
+                        .handshake(&target, &service, &authority, Alpn::Opaque, stream)
+                        .await?;
+                    Stream::Tls(Box::new(s.into()))
+                }
+            };
             Ok(Response::new(stream))
         })
     }
 }
 
-/// Id, address, weight and zone of an endpoint.
-type Signature = (String, String, u32, Option<String>);
+/// Id, address, weight, zone and the identity expected of an endpoint.
+type Signature = (String, String, u32, Option<String>, Option<String>);
 
 /// One outbound forward: its listener's address, balancer and metrics.
 pub(crate) struct Forward {
@@ -121,6 +145,8 @@ pub(crate) struct Forward {
     handle: BalancerHandle<Connect>,
     last: Mutex<Vec<Signature>>,
     metrics: Arc<TcpDst>,
+    /// mTLS towards endpoints with an identity, with a mesh.
+    tls: Option<Arc<OutboundTls>>,
 }
 
 impl Forward {
@@ -131,10 +157,11 @@ impl Forward {
         zone: Option<Arc<str>>,
         snapshot: &Snapshot,
         metrics: Arc<TcpDst>,
+        tls: Option<Arc<OutboundTls>>,
     ) -> Forward {
         let mut config = BalanceConfig::new(caller, spec.service.as_str());
         config.local_zone = zone;
-        let (eps, signature) = endpoints(&spec, snapshot);
+        let (eps, signature) = endpoints(&spec, snapshot, tls.as_ref());
         let (balancer, handle) = Balancer::new(config, eps);
         Forward {
             spec,
@@ -143,12 +170,13 @@ impl Forward {
             handle,
             last: Mutex::new(signature),
             metrics,
+            tls,
         }
     }
 
     /// Follows the snapshot's endpoints (the balancer keeps the state of those that stay).
     pub(crate) fn update(&self, snapshot: &Snapshot) {
-        let (eps, signature) = endpoints(&self.spec, snapshot);
+        let (eps, signature) = endpoints(&self.spec, snapshot, self.tls.as_ref());
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if *last != signature {
             self.handle.update(eps);
@@ -157,16 +185,26 @@ impl Forward {
     }
 }
 
-fn endpoints(spec: &TcpForward, snapshot: &Snapshot) -> (Vec<Endpoint<Connect>>, Vec<Signature>) {
+fn endpoints(
+    spec: &TcpForward,
+    snapshot: &Snapshot,
+    tls: Option<&Arc<OutboundTls>>,
+) -> (Vec<Endpoint<Connect>>, Vec<Signature>) {
+    let service: Arc<str> = spec.service.as_str().into();
     let eps: Vec<Endpoint<Connect>> = snapshot
         .up(&spec.service)
         .into_iter()
         .filter_map(|e| {
             let authority = crate::upstream::authority(&e.address, spec.port.unwrap_or(e.port))?;
+            // Another port than the registered one is not the sidecar: no mTLS there.
+            let tls = tls
+                .filter(|_| spec.port.is_none())
+                .map(|t| (t.clone(), t.expect(&e.metadata), service.clone()));
             let mut ep = Endpoint::new(
                 e.id.as_str(),
                 Connect {
                     addr: authority.to_string(),
+                    tls,
                 },
             )
             .weight(e.weight);
@@ -184,6 +222,10 @@ fn endpoints(spec: &TcpForward, snapshot: &Snapshot) -> (Vec<Endpoint<Connect>>,
                 e.service.addr.clone(),
                 e.weight,
                 e.zone.as_deref().map(str::to_owned),
+                e.service
+                    .tls
+                    .as_ref()
+                    .map(|(_, expect, _)| format!("{expect:?}")),
             )
         })
         .collect();
@@ -262,6 +304,32 @@ pub(crate) fn serve_inbound(shared: Arc<Shared>, listener: TcpListener, stop: Ca
         let (shared, metrics) = (shared.clone(), metrics.clone());
         async move {
             let _src = shared.metrics.tcp_inbound.open();
+            let down = match &shared.inbound_tls {
+                None => Stream::Plain(down),
+                Some(tls) => {
+                    let permissive = shared.mtls_permissive();
+                    // A silent client of a strict service may still be slow to say hello.
+                    let silence = if permissive {
+                        Sniffed::Plain
+                    } else {
+                        Sniffed::Tls
+                    };
+                    match tls.accept(down, permissive, TCP_FIRST_BYTE, silence).await {
+                        Some(Accepted::Tls { stream, .. }) => {
+                            Stream::Tls(Box::new((*stream).into()))
+                        }
+                        Some(Accepted::Plain(s)) if permissive => Stream::Plain(s),
+                        Some(Accepted::Plain(_)) => {
+                            tracing::debug!(
+                                service = %shared.service,
+                                "refused a plain-text connection: the service is `mtls: strict`"
+                            );
+                            return;
+                        }
+                        None => return,
+                    }
+                }
+            };
             let up = match tokio::time::timeout(
                 CONNECT_TIMEOUT,
                 TcpStream::connect(shared.app_addr),
@@ -288,7 +356,11 @@ pub(crate) fn serve_inbound(shared: Arc<Shared>, listener: TcpListener, stop: Ca
 
 /// Pipes `down` (the connecting side) and `up` (the destination) until both close,
 /// counting the destination's bytes as they move.
-async fn splice(mut down: TcpStream, up: TcpStream, metrics: &Arc<TcpDst>) {
+async fn splice<D, U>(mut down: D, up: U, metrics: &Arc<TcpDst>)
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
     let _open = metrics.open();
     let mut up = Counted {
         inner: up,
@@ -301,14 +373,14 @@ async fn splice(mut down: TcpStream, up: TcpStream, metrics: &Arc<TcpDst>) {
 
 pin_project_lite::pin_project! {
     /// The destination's socket, counting bytes read from it and written to it.
-    struct Counted {
+    struct Counted<U> {
         #[pin]
-        inner: TcpStream,
+        inner: U,
         metrics: Arc<TcpDst>,
     }
 }
 
-impl AsyncRead for Counted {
+impl<U: AsyncRead> AsyncRead for Counted<U> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -325,7 +397,7 @@ impl AsyncRead for Counted {
     }
 }
 
-impl AsyncWrite for Counted {
+impl<U: AsyncWrite> AsyncWrite for Counted<U> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

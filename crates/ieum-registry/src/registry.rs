@@ -217,6 +217,61 @@ fn failure_events(
         .collect()
 }
 
+/// Most `authz.denied` events one report puts on a timeline; the last one counts the
+/// denial lines left out.
+pub const MAX_DENIAL_EVENTS_PER_REPORT: usize = 10;
+
+/// The timeline events of a report's denial samples: one per line (caller, request,
+/// deciding rule, count), at most [`MAX_DENIAL_EVENTS_PER_REPORT`], the last one counting
+/// the lines left out.
+fn denial_events(
+    now: Timestamp,
+    service: &str,
+    instance: &str,
+    author: &str,
+    denials: &[ieum_model::telemetry::Denial],
+) -> Vec<Change> {
+    let shown = denials.len().min(MAX_DENIAL_EVENTS_PER_REPORT);
+    denials
+        .iter()
+        .take(shown)
+        .enumerate()
+        .map(|(i, d)| {
+            let caller = match &d.caller {
+                Some(c) => format!("`{c}`"),
+                None => "a caller without a mesh identity".to_owned(),
+            };
+            let by = match (&d.policy, d.rule) {
+                (Some(p), Some(r)) => format!("rules[{r}] of AuthorizationPolicy/{p}"),
+                (Some(p), None) => format!("the default of AuthorizationPolicy/{p}"),
+                (None, _) => "the implicit default (allow-mesh)".to_owned(),
+            };
+            let mut message = format!(
+                "{} call{} {} {} from {caller} denied by {by}",
+                d.count,
+                if d.count == 1 { "" } else { "s" },
+                d.method,
+                d.path
+            );
+            if i + 1 == shown && denials.len() > shown {
+                message += &format!(
+                    " ({} more kinds of denied calls in this report)",
+                    denials.len() - shown
+                );
+            }
+            event(
+                now,
+                EventKind::AuthzDenied,
+                service,
+                Some(instance),
+                message,
+                author,
+                serde_json::to_value(d).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
 /// Who waits for a write: the acknowledgement channel, if anyone.
 type Ack = oneshot::Sender<Result<Vec<Event>, String>>;
 
@@ -1178,6 +1233,7 @@ impl Registry {
         }
         core.views.note_breakers(service, id, now, &report.breakers);
         let failures = failure_events(now, service, id, author, &report.events);
+        let denials = denial_events(now, service, id, author, &report.denials);
         if !report.events.is_empty() {
             let mut sightings = core.sightings.lock().unwrap_or_else(|p| p.into_inner());
             for e in report.events {
@@ -1197,7 +1253,7 @@ impl Registry {
                 sightings.pop_front();
             }
         }
-        if report.breakers.is_empty() && failures.is_empty() {
+        if report.breakers.is_empty() && failures.is_empty() && denials.is_empty() {
             return Ok(());
         }
         let mut changes: Vec<Change> = report
@@ -1224,6 +1280,7 @@ impl Registry {
             })
             .collect();
         changes.extend(failures);
+        changes.extend(denials);
         let rx = core.send_acked(changes);
         core.wait(rx).await?;
         Ok(())

@@ -152,7 +152,11 @@ impl std::fmt::Debug for Caller {
 
 impl Caller {
     /// Starts the sidecar, its push client following `server`.
-    pub(crate) async fn start(server: &str, token: Option<String>) -> std::io::Result<Caller> {
+    pub(crate) async fn start(
+        server: &str,
+        token: Option<String>,
+        mesh: Option<ieum_proxy::MeshConfig>,
+    ) -> std::io::Result<Caller> {
         let client = ieum_client::Client::start(ieum_client::Options {
             server: server.to_owned(),
             client: COORDINATOR_SERVICE.into(),
@@ -175,6 +179,10 @@ impl Caller {
             app_protocol: ieum_proxy::AppProtocol::Http,
             tcp: Vec::new(),
             otlp: ieum_proxy::OtlpConfig::from_env(COORDINATOR_SERVICE).unwrap_or(None),
+            // Outbound only: nothing calls in.
+            enforce_mesh_identity: false,
+            // `system:coordinator`, from the server's CA; plain text under `--dev`.
+            mesh,
         })
         .await?;
         let proxy = reqwest::Proxy::http(format!("http://{}", sidecar.outbound_addr()))

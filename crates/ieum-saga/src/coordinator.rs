@@ -45,6 +45,9 @@ pub struct Options {
     /// Take every unfinished execution at start, whoever held it: right for a single
     /// server (SQLite) restarting; replicas on PostgreSQL wait for leases to expire.
     pub take_over_at_start: bool,
+    /// The coordinator's mesh identity (`system:coordinator`), issued by the server's CA:
+    /// its calls to services are mTLS like a sidecar's. `None` under `--dev`.
+    pub mesh: Option<ieum_proxy::MeshConfig>,
 }
 
 impl std::fmt::Debug for Options {
@@ -70,6 +73,7 @@ impl Options {
             lease: Duration::from_secs(15),
             claim_every: Duration::from_secs(2),
             take_over_at_start: single,
+            mesh: None,
         }
     }
 }
@@ -178,7 +182,8 @@ impl Coordinator {
     /// Starts the embedded sidecar, the writer, the lease and claim tasks, and resumes
     /// unfinished executions.
     pub async fn start(options: Options) -> std::io::Result<Coordinator> {
-        let caller = Caller::start(&options.server, options.token.clone()).await?;
+        let caller =
+            Caller::start(&options.server, options.token.clone(), options.mesh.clone()).await?;
         let (writer, rx) = mpsc::channel(4096);
         let stop = CancellationToken::new();
         let inner = Arc::new(Inner {

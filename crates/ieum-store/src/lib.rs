@@ -214,6 +214,31 @@ impl EventQuery {
     }
 }
 
+/// A control-plane API token as stored: who holds it, with which role, and the SHA-256 of
+/// its secret (never the secret itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    /// Unique name (DNS-1123); recorded as the author of every write made with the token.
+    pub name: String,
+    /// Role (`admin`, `operator`, `reader`, `sidecar`, `gateway`); the store does not
+    /// interpret it.
+    pub role: String,
+    /// For `sidecar` (and optionally `gateway`) tokens: the one service it acts for.
+    pub service: Option<String>,
+    /// SHA-256 of the secret, lowercase hex. The secret is shown once, at creation.
+    pub hash: String,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// Who created it (a token name, `local`, or `ieum` for the first admin).
+    pub created_by: String,
+    /// When it stops being accepted; `None`: never.
+    pub expires_at: Option<Timestamp>,
+    /// When it was revoked; a revoked token is kept so the record stays.
+    pub revoked_at: Option<Timestamp>,
+    /// Who revoked it.
+    pub revoked_by: Option<String>,
+}
+
 /// Largest page of events one query returns.
 pub const MAX_EVENT_PAGE: u32 = 10_000;
 
@@ -246,6 +271,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes events older than `before`; returns how many.
     async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    /// Stores a new API token; `false` (and nothing stored) when its name, revoked or
+    /// not, is taken.
+    async fn create_token(&self, token: &StoredToken) -> Result<bool, StoreError>;
+
+    /// Every API token, revoked and expired ones too, by name.
+    async fn tokens(&self) -> Result<Vec<StoredToken>, StoreError>;
+
+    /// Marks a token revoked at `at` by `by` (a token revoked before keeps its first
+    /// revocation); returns it as stored afterwards, `None` when there is no such token.
+    async fn revoke_token(
+        &self,
+        name: &str,
+        at: Timestamp,
+        by: &str,
+    ) -> Result<Option<StoredToken>, StoreError>;
 
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -10,7 +10,7 @@ use ieum_model::{Event, Instance, Timestamp};
 
 use crate::{
     Change, Committed, EventQuery, MAX_EVENT_PAGE, Order, Revision, Store, StoreError,
-    StoredInstance, StoredResource,
+    StoredInstance, StoredResource, StoredToken,
 };
 
 /// Storage in memory; everything is lost when it is dropped.
@@ -27,6 +27,7 @@ struct Data {
     instances: BTreeMap<(String, String), Instance>,
     events: Vec<Event>,
     next_event: i64,
+    tokens: BTreeMap<String, StoredToken>,
 }
 
 impl MemoryStore {
@@ -38,6 +39,15 @@ impl MemoryStore {
     /// Makes every following commit fail (as if the database were down), or succeed again.
     pub fn fail_writes(&self, fail: bool) {
         self.fail_writes.store(fail, Ordering::Relaxed);
+    }
+
+    fn check_writes(&self) -> Result<(), StoreError> {
+        if self.fail_writes.load(Ordering::Relaxed) {
+            return Err(StoreError::Unavailable(
+                "writes are failing (MemoryStore::fail_writes)".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn data(&self) -> std::sync::MutexGuard<'_, Data> {
@@ -52,11 +62,7 @@ impl Store for MemoryStore {
     }
 
     async fn commit(&self, batch: &[Change]) -> Result<Committed, StoreError> {
-        if self.fail_writes.load(Ordering::Relaxed) {
-            return Err(StoreError::Unavailable(
-                "writes are failing (MemoryStore::fail_writes)".into(),
-            ));
-        }
+        self.check_writes()?;
         let mut guard = self.data();
         // Work on a copy and swap it in at the end: all or nothing.
         let mut d = guard.clone();
@@ -227,6 +233,37 @@ impl Store for MemoryStore {
         let n = d.events.len();
         d.events.retain(|e| e.time >= before);
         Ok((n - d.events.len()) as u64)
+    }
+
+    async fn create_token(&self, token: &StoredToken) -> Result<bool, StoreError> {
+        self.check_writes()?;
+        let mut d = self.data();
+        if d.tokens.contains_key(&token.name) || d.tokens.values().any(|t| t.hash == token.hash) {
+            return Ok(false);
+        }
+        d.tokens.insert(token.name.clone(), token.clone());
+        Ok(true)
+    }
+
+    async fn tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
+        Ok(self.data().tokens.values().cloned().collect())
+    }
+
+    async fn revoke_token(
+        &self,
+        name: &str,
+        at: Timestamp,
+        by: &str,
+    ) -> Result<Option<StoredToken>, StoreError> {
+        self.check_writes()?;
+        let mut d = self.data();
+        Ok(d.tokens.get_mut(name).map(|t| {
+            if t.revoked_at.is_none() {
+                t.revoked_at = Some(at);
+                t.revoked_by = Some(by.to_owned());
+            }
+            t.clone()
+        }))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -10,7 +10,7 @@ use sqlx::{AnyPool, Row};
 
 use crate::{
     Change, Committed, EventQuery, MAX_EVENT_PAGE, NewEvent, Order, Revision, Store, StoreError,
-    StoredInstance, StoredResource,
+    StoredInstance, StoredResource, StoredToken,
 };
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -201,6 +201,25 @@ fn resource_from_row(row: &AnyRow) -> Result<StoredResource, StoreError> {
         author: row.try_get("author").map_err(get)?,
     })
 }
+
+fn token_from_row(row: &AnyRow) -> Result<StoredToken, StoreError> {
+    let get = |e: sqlx::Error| corrupt("token", e);
+    let at = |v: Option<i64>| v.map(Timestamp::from_millis);
+    Ok(StoredToken {
+        name: row.try_get("name").map_err(get)?,
+        role: row.try_get("role").map_err(get)?,
+        service: row.try_get("service").map_err(get)?,
+        hash: row.try_get("hash").map_err(get)?,
+        created_at: Timestamp::from_millis(row.try_get("created_at").map_err(get)?),
+        created_by: row.try_get("created_by").map_err(get)?,
+        expires_at: at(row.try_get("expires_at").map_err(get)?),
+        revoked_at: at(row.try_get("revoked_at").map_err(get)?),
+        revoked_by: row.try_get("revoked_by").map_err(get)?,
+    })
+}
+
+const TOKEN_COLUMNS: &str =
+    "name, role, service, hash, created_at, created_by, expires_at, revoked_at, revoked_by";
 
 async fn append_event(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
@@ -543,6 +562,63 @@ impl Store for SqlStore {
             .await
             .map_err(unavailable)?;
         Ok(done.rows_affected())
+    }
+
+    async fn create_token(&self, t: &StoredToken) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO tokens (name, role, service, hash, created_at, created_by, expires_at, \
+             revoked_at, revoked_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(t.name.as_str())
+        .bind(t.role.as_str())
+        .bind(t.service.clone())
+        .bind(t.hash.as_str())
+        .bind(t.created_at.as_millis())
+        .bind(t.created_by.as_str())
+        .bind(t.expires_at.map(Timestamp::as_millis))
+        .bind(t.revoked_at.map(Timestamp::as_millis))
+        .bind(t.revoked_by.clone())
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY name"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn revoke_token(
+        &self,
+        name: &str,
+        at: Timestamp,
+        by: &str,
+    ) -> Result<Option<StoredToken>, StoreError> {
+        sqlx::query(
+            "UPDATE tokens SET revoked_at = $2, revoked_by = $3 \
+             WHERE name = $1 AND revoked_at IS NULL",
+        )
+        .bind(name)
+        .bind(at.as_millis())
+        .bind(by)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE name = $1"
+        )))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        row.as_ref().map(token_from_row).transpose()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -67,6 +67,7 @@ async fn fleet() -> Registry {
         };
         let report = TelemetryReport {
             events: Vec::new(),
+            denials: Vec::new(),
             window: Duration::from_secs(10),
             signals: vec![line("inbound", name.as_str()), line("outbound", &next)],
             breakers: if n % 100 == 0 {

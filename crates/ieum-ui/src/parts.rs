@@ -78,7 +78,8 @@ fn kind_class(kind: EventKind) -> &'static str {
         | EventKind::InstanceExpired
         | EventKind::ProtectionEntered
         | EventKind::EventDeadLettered
-        | EventKind::EventDropped => "bad",
+        | EventKind::EventDropped
+        | EventKind::AuthzDenied => "bad",
         EventKind::InstanceDraining | EventKind::BreakerChanged | EventKind::ConfigChanged => {
             "warn"
         }
@@ -90,7 +91,7 @@ fn kind_class(kind: EventKind) -> &'static str {
 /// Quick filters above a timeline: all, or one group of kinds. `base` is the page's path
 /// with any other query parameters (ending in `?` or `&`).
 pub(crate) fn kind_filter(base: &str, current: &[EventKind]) -> Markup {
-    let groups: [(&str, &[EventKind]); 7] = [
+    let groups: [(&str, &[EventKind]); 8] = [
         ("all", &[]),
         (
             "instances",
@@ -113,6 +114,7 @@ pub(crate) fn kind_filter(base: &str, current: &[EventKind]) -> Markup {
             "events",
             &[EventKind::EventDeadLettered, EventKind::EventDropped],
         ),
+        ("authorization", &[EventKind::AuthzDenied]),
         (
             "configuration",
             &[

@@ -145,6 +145,7 @@ async fn shop() -> Registry {
         .unwrap();
     let report = TelemetryReport {
         events: Vec::new(),
+        denials: Vec::new(),
         window: Duration::from_secs(10),
         signals: vec![
             Signals {
@@ -561,6 +562,7 @@ async fn breakers_close_and_leave_with_their_caller() {
     let app = app(&r);
     let report = |to: &str| TelemetryReport {
         events: Vec::new(),
+        denials: Vec::new(),
         window: Duration::from_secs(10),
         signals: Vec::new(),
         breakers: vec![BreakerChange {
@@ -630,6 +632,7 @@ async fn events_shop() -> Registry {
         .unwrap();
     let report = |topics| TelemetryReport {
         events: Vec::new(),
+        denials: Vec::new(),
         window: Duration::from_secs(10),
         signals: Vec::new(),
         breakers: Vec::new(),
@@ -762,6 +765,7 @@ async fn hostile_topic_names_are_refused_and_escaped() {
             "orders-1",
             TelemetryReport {
                 events: Vec::new(),
+                denials: Vec::new(),
                 window: Duration::from_secs(10),
                 signals: Vec::new(),
                 breakers: Vec::new(),
@@ -837,6 +841,7 @@ async fn correlated_events_are_listed_in_order_and_dead_letters_reach_the_timeli
         breakers: Vec::new(),
         topics: Vec::new(),
         events,
+        denials: Vec::new(),
     };
     // The consumer reports before the publisher; the page still lists them in order.
     let mut consumed = vec![

@@ -8,6 +8,7 @@
 //!   `history`, `schema`).
 //! - `sidecar`: `ieum run` and `ieum sidecar`.
 //! - `demo`: `ieum demo`, the whole system with an example shop, and its apps.
+//! - `token_cli`: `ieum token create|list|revoke` (API tokens and roles).
 //! - `process`: SIGTERM to processes and process groups.
 //!
 //! Exit codes: 0 ok, 1 rejected or invalid, 2 usage error, 3 server unreachable.
@@ -20,10 +21,12 @@ mod cli;
 mod client;
 mod config_cli;
 mod demo;
+mod enroll;
 mod output;
 mod process;
 mod server;
 mod sidecar;
+mod token_cli;
 
 /// ieum (이음): a service registry and mesh control plane in one binary.
 #[derive(Debug, Parser)]
@@ -37,7 +40,8 @@ struct Cli {
         default_value = "http://127.0.0.1:7700"
     )]
     server: String,
-    /// Bearer token for writes to a server not bound to loopback.
+    /// API token (`ieum token create`): needed off loopback for writes; on loopback, given,
+    /// it is checked and acts with its role and name.
     #[arg(long, global = true, env = "IEUM_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Output format.
@@ -82,6 +86,9 @@ enum Command {
     /// Register an instance and keep it alive with heartbeats until stopped (for VMs and
     /// scripts); deregisters it on Ctrl-C.
     Register(cli::RegisterArgs),
+    /// API tokens and their roles: `ieum token create ci --role operator`, `ieum token
+    /// list`, `ieum token revoke ci`.
+    Token(token_cli::TokenArgs),
     /// One of the demo's example services (started by `ieum demo`).
     #[command(hide = true)]
     DemoApp(demo::apps::AppArgs),
@@ -129,6 +136,7 @@ fn main() -> ExitCode {
             Command::Delete(args) => done(config_cli::delete(&ctx, args).await),
             Command::History(args) => done(config_cli::history(&ctx, args).await),
             Command::Schema(args) => done(config_cli::schema(&args)),
+            Command::Token(args) => done(token_cli::run(&ctx, args).await),
         }
     });
     match result {

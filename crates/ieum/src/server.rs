@@ -26,6 +26,15 @@ pub(crate) struct ServerArgs {
     /// Development mode: loopback only, says it is not for production.
     #[arg(long)]
     dev: bool,
+    /// Whether reads (the API's GETs and the UI) need no token where tokens are required.
+    /// `--open-reads false`: every request but /healthz and /readyz needs a token, role
+    /// `reader` or above.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    open_reads: bool,
+    /// Require tokens on loopback too, as off loopback (a request without one is refused
+    /// where it would be off loopback): for tests of roles and shared hosts.
+    #[arg(long)]
+    require_tokens: bool,
     /// Share of instances missing heartbeats within one window that makes the registry
     /// assume it is cut off and stop removing instances.
     #[arg(long, default_value_t = 0.5)]
@@ -40,6 +49,17 @@ pub(crate) struct ServerArgs {
     /// PostgreSQL, another replica resumes the executions of a dead one after this.
     #[arg(long, default_value = "15s")]
     saga_lease: Duration,
+    /// The trust domain of the mesh's identities (`spiffe://TRUST_DOMAIN/svc/NAME`).
+    #[arg(long, default_value = ieum_identity::spiffe::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Where the mesh's CA lives (`ca.pem`, `ca-key.pem`): created on first start, or put
+    /// there by the operator. Replicas of one server share it. Default: DATA_DIR/ca.
+    #[arg(long)]
+    ca_dir: Option<PathBuf>,
+    /// Lifetime of the certificates issued to sidecars and gateways; they renew after two
+    /// thirds of it.
+    #[arg(long, default_value = "24h")]
+    cert_ttl: Duration,
 }
 
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -71,19 +91,31 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     let registry = Registry::start(store, Arc::new(SystemClock), options).await?;
 
-    let (auth, auth_line) = if listen.ip().is_loopback() {
+    let admin_path = args.data_dir.join("admin.token");
+    register_admin(&registry, &admin_path).await?;
+    let (auth, auth_line) = if listen.ip().is_loopback() && !args.require_tokens {
         (
             Auth::Open,
-            "open on loopback; writes are recorded as `local`".to_owned(),
+            "open on loopback: without a token, writes are recorded as `local`; a token, when \
+             given, is checked"
+                .to_owned(),
         )
     } else {
-        let path = args.data_dir.join("admin.token");
-        let token = admin_token(&path)?;
+        let internal = ieum_control::tokens::new_secret()
+            .map_err(|_| anyhow::anyhow!("the system's random generator failed"))?;
+        let reads = if args.open_reads {
+            "writes need"
+        } else {
+            "every request needs"
+        };
         (
-            Auth::Token(token.into()),
+            Auth::Tokens {
+                open_reads: args.open_reads,
+                internal: Some(internal.into()),
+            },
             format!(
-                "writes need a bearer token (IEUM_TOKEN); the admin token is in {}",
-                path.display()
+                "{reads} a bearer token (IEUM_TOKEN); the admin token is in {}",
+                admin_path.display()
             ),
         )
     };
@@ -96,21 +128,63 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         })?;
     let local = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let sagas = start_sagas(&store_url, &registry, local, &auth, args.saga_lease).await?;
-    let app = ieum_control::router_with(
+    let trust_domain = ieum_identity::TrustDomain::parse(&args.trust_domain)
+        .map_err(|e| anyhow::anyhow!("--trust-domain: {e}"))?;
+    let ca_dir = args
+        .ca_dir
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("ca"));
+    let ca = Arc::new(
+        ieum_identity::Ca::load_or_create(&ca_dir, trust_domain)
+            .with_context(|| format!("the mesh's CA in {}", ca_dir.display()))?,
+    );
+    // Under --dev sidecars talk plain text; otherwise every sidecar enrols and uses mTLS.
+    let mtls = !args.dev;
+    let mesh = ieum_control::mesh::Mesh::new(ca.clone(), args.cert_ttl.get(), mtls);
+    let coordinator = if mtls {
+        Some(coordinator_identity(
+            &ca,
+            args.cert_ttl.get(),
+            shutdown.clone(),
+        )?)
+    } else {
+        None
+    };
+    let sagas = start_sagas(
+        &store_url,
+        &registry,
+        local,
+        &auth,
+        args.saga_lease,
+        coordinator,
+    )
+    .await?;
+    let app = ieum_control::router_with_mesh(
         AppState {
             registry: registry.clone(),
             auth,
             shutdown: shutdown.clone(),
         },
         Some(sagas.clone()),
+        Some(mesh),
     );
+    let mesh_line = if mtls {
+        format!(
+            "mTLS between sidecars, trust domain {}, CA sha256:{} ({})",
+            ca.trust_domain().as_str(),
+            ca.fingerprint(),
+            ca_dir.display()
+        )
+    } else {
+        "plain text between sidecars (--dev)".to_owned()
+    };
 
     banner(
         local,
         &store_url,
         registry.store().backend(),
         &auth_line,
+        &mesh_line,
         args.dev,
     );
 
@@ -128,6 +202,55 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The server's own mesh identity for its outgoing calls (saga and flow steps):
+/// `system:coordinator`, issued by its CA in process and renewed the same way after two
+/// thirds of its lifetime, until `stop`.
+fn coordinator_identity(
+    ca: &Arc<ieum_identity::Ca>,
+    ttl: std::time::Duration,
+    stop: CancellationToken,
+) -> anyhow::Result<ieum_proxy::MeshConfig> {
+    let id = ieum_identity::SpiffeId::new(
+        ca.trust_domain().clone(),
+        ieum_identity::Workload::coordinator(),
+    );
+    let issue = {
+        let (ca, id) = (ca.clone(), id.clone());
+        move || -> anyhow::Result<ieum_identity::Credentials> {
+            let key = ieum_identity::KeyPair::generate()?;
+            let issued = ca.issue(&key.csr(&id)?, &id, ttl)?;
+            Ok(ieum_identity::Credentials::new(&issued.chain_pem, key)?)
+        }
+    };
+    let identity = ieum_identity::Identity::new(issue()?);
+    let renewing = identity.clone();
+    tokio::spawn(async move {
+        loop {
+            let wait = renewing
+                .current()
+                .renew_at()
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            match issue() {
+                Ok(fresh) => renewing.replace(fresh),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot renew the coordinator's certificate; retrying in 5s");
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                }
+            }
+        }
+    });
+    Ok(ieum_proxy::MeshConfig {
+        identity,
+        roots: ca.roots(),
+        trust_domain: ca.trust_domain().clone(),
+    })
+}
+
 /// Opens the saga log on the same database and starts the coordinator, whose embedded
 /// sidecar follows this server over loopback.
 async fn start_sagas(
@@ -136,6 +259,7 @@ async fn start_sagas(
     local: SocketAddr,
     auth: &Auth,
     lease: Duration,
+    mesh: Option<ieum_proxy::MeshConfig>,
 ) -> anyhow::Result<ieum_saga::Coordinator> {
     let log = ieum_store::open_saga_log(store_url)
         .await
@@ -146,19 +270,25 @@ async fn start_sagas(
     }
     let mut options =
         ieum_saga::Options::new(log, registry.store().clone(), format!("http://{own}"));
-    if let Auth::Token(t) = auth {
+    // Tokens required: the embedded sidecar follows this server with the in-memory secret
+    // (role reader), which no revocation of a stored token can break.
+    if let Auth::Tokens {
+        internal: Some(t), ..
+    } = auth
+    {
         options.token = Some(t.to_string());
     }
     if lease.is_zero() {
         anyhow::bail!("--saga-lease must be above 0s");
     }
     options.lease = lease.get();
+    options.mesh = mesh;
     ieum_saga::Coordinator::start(options)
         .await
         .context("cannot start the saga coordinator")
 }
 
-fn banner(addr: SocketAddr, store_url: &str, backend: &str, auth: &str, dev: bool) {
+fn banner(addr: SocketAddr, store_url: &str, backend: &str, auth: &str, mesh: &str, dev: bool) {
     let base = format!("http://{addr}");
     let mut b = format!("ieum {} server\n", env!("CARGO_PKG_VERSION"));
     b += &format!("  listening  {addr} (HTTP/1.1 and HTTP/2)\n");
@@ -170,6 +300,7 @@ fn banner(addr: SocketAddr, store_url: &str, backend: &str, auth: &str, dev: boo
     b += &format!("  health     {base}/healthz  {base}/readyz\n");
     b += &format!("  store      {backend} {}\n", redact(store_url));
     b += &format!("  auth       {auth}\n");
+    b += &format!("  mesh       {mesh}\n");
     if dev {
         b += "  dev mode   NOT FOR PRODUCTION: loopback only, no TLS, open API\n";
     }
@@ -191,6 +322,35 @@ fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// Registers the data dir's admin token (created on first start) as the API token `admin`;
+/// a data dir from before tokens existed is migrated here.
+async fn register_admin(registry: &Registry, path: &Path) -> anyhow::Result<()> {
+    use ieum_control::tokens::AdminToken;
+    let secret = admin_token(path)?;
+    let found =
+        ieum_control::tokens::register_admin(registry.store().as_ref(), &secret, registry.now())
+            .await
+            .context("cannot register the admin token in the store")?;
+    match found {
+        AdminToken::Registered => eprintln!(
+            "registered the admin token of {} as the API token `admin`",
+            path.display()
+        ),
+        AdminToken::Active => {}
+        AdminToken::Revoked => eprintln!(
+            "warning: the admin token in {} was revoked and is refused; use another admin token",
+            path.display()
+        ),
+        AdminToken::Other => eprintln!(
+            "warning: the store's API token `admin` has another secret than {} (another server \
+             created it, or the file was replaced), so this file's token is refused: use the \
+             admin.token of the server that created it, or another admin token",
+            path.display()
+        ),
+    }
+    Ok(())
 }
 
 /// Reads the admin token, creating it (readable by the owner only) on first start.

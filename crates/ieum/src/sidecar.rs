@@ -329,6 +329,29 @@ async fn lifecycle(
         }
     };
     let app_addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.app_port);
+    // The workload's identity before anything else talks to the mesh: its certificate
+    // (renewed in place from then on) makes every call between sidecars mTLS.
+    let api = Client::new(&ctx.server, ctx.token.clone())?;
+    let identity_dir = args.data_dir.join(format!("identity-{service}"));
+    let enrolled = crate::enroll::enroll(&api, service.as_str(), &identity_dir)
+        .await
+        .map_err(|e| Failure::Unreachable(format!("{e:#}")))?;
+    let stop_renewal = tokio_util::sync::CancellationToken::new();
+    let mesh = enrolled.map(|e| {
+        tokio::spawn(crate::enroll::renew(
+            api.clone(),
+            e.identity.clone(),
+            e.id.clone(),
+            crate::enroll::Saved::at(&identity_dir),
+            stop_renewal.clone(),
+        ));
+        ieum_proxy::MeshConfig {
+            identity: e.identity,
+            roots: e.roots,
+            trust_domain: e.trust_domain,
+        }
+    });
+    let _stop_renewal = stop_renewal.drop_guard();
     let proxy = Sidecar::start(SidecarConfig {
         service: service.to_string(),
         zone: args.zone.clone(),
@@ -341,6 +364,10 @@ async fn lifecycle(
         app_protocol: args.app_protocol,
         tcp: args.tcp.clone(),
         otlp: otlp.clone(),
+        // Follows `mesh`: with mTLS on, callers without a mesh identity are denied
+        // unless a policy (or `mtls: permissive`) says otherwise.
+        enforce_mesh_identity: mesh.is_some(),
+        mesh,
     })
     .await
     .context("cannot start the sidecar's listeners")?;
@@ -384,7 +411,6 @@ async fn lifecycle(
         None => None,
     };
 
-    let api = Client::new(&ctx.server, ctx.token.clone())?;
     let local = reqwest::Client::builder().no_proxy().build()?;
     let health_path = args.app_health_path.as_deref();
     let address = args
@@ -407,6 +433,10 @@ async fn lifecycle(
     reg.metadata
         .insert("appPort".into(), args.app_port.to_string());
     reg.metadata.insert("sidecar".into(), "ieum".into());
+    // Callers verify this identity over mTLS (no identity: they call in plain text).
+    if let Some(uri) = proxy.identity_uri() {
+        reg.metadata.insert("identity".into(), uri);
+    }
     let instances = format!("/v1/services/{service}/instances");
     let me = format!("{instances}/{id}");
 
@@ -652,7 +682,20 @@ impl Reporter {
                 "more single events than one report holds: the rest are only counted"
             );
         }
-        if signals.is_empty() && breakers.is_empty() && topics.is_empty() && events.is_empty() {
+        let (mut denials, denials_left_out) = proxy.take_denials();
+        denials.truncate(ieum_model::telemetry::MAX_DENIALS);
+        if denials_left_out > 0 {
+            tracing::debug!(
+                left_out = denials_left_out,
+                "more kinds of denied calls than one report holds: the rest are only counted in /metrics"
+            );
+        }
+        if signals.is_empty()
+            && breakers.is_empty()
+            && topics.is_empty()
+            && events.is_empty()
+            && denials.is_empty()
+        {
             return;
         }
         let report = ieum_model::telemetry::TelemetryReport {
@@ -661,6 +704,7 @@ impl Reporter {
             breakers,
             topics,
             events,
+            denials,
         };
         if let Err(e) = api
             .write::<serde_json::Value>(Method::POST, path, Some(&report))

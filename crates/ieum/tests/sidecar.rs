@@ -203,7 +203,9 @@ async fn run_prepares_the_app_registers_it_and_drains_on_sigterm() {
             .contains("-Dhttp.proxyHost=127.0.0.1")
     );
 
-    // Through the inbound listener to the app.
+    // The server is not in --dev: the sidecar enrolled with no manual step, registered its
+    // identity, and its inbound listener takes only mesh peers.
+    assert_eq!(inst["metadata"]["identity"], "spiffe://ieum.local/svc/web");
     let inbound = format!(
         "http://{}:{}/",
         inst["address"].as_str().unwrap(),
@@ -217,7 +219,8 @@ async fn run_prepares_the_app_registers_it_and_drains_on_sigterm() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.status(), 403, "a caller without a certificate");
+    assert_eq!(resp.headers()["ieum-reason"], "mtls-required");
 
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

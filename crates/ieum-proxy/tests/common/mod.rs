@@ -79,6 +79,28 @@ impl Server {
         self.register_in(service, id, addr, version, None).await;
     }
 
+    /// Registers an instance of `service` at `addr` with registration `metadata` (a
+    /// sidecar's `sidecar: ieum` and `identity`).
+    pub(crate) async fn register_with(
+        &self,
+        service: &str,
+        id: &str,
+        addr: SocketAddr,
+        metadata: &[(&str, &str)],
+    ) {
+        let mut reg = InstanceRegistration::new(addr.ip().to_string(), addr.port());
+        reg.id = Some(id.into());
+        reg.metadata = metadata
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        reg.ttl = ieum_model::Duration::from_secs(3600);
+        self.registry
+            .register(&Name::parse(service).unwrap(), reg, "test")
+            .await
+            .unwrap();
+    }
+
     /// Registers an instance with a version and a zone.
     pub(crate) async fn register_in(
         &self,
@@ -153,6 +175,8 @@ pub(crate) async fn sidecar(
         app_protocol: ieum_proxy::AppProtocol::Http,
         tcp: Vec::new(),
         otlp: None,
+        enforce_mesh_identity: false,
+        mesh: None,
     })
     .await
     .unwrap()
@@ -178,6 +202,8 @@ pub(crate) async fn sidecar_with(
         app_protocol: ieum_proxy::AppProtocol::Http,
         tcp: Vec::new(),
         otlp: None,
+        enforce_mesh_identity: false,
+        mesh: None,
     };
     config(&mut c);
     Sidecar::start(c).await.unwrap()

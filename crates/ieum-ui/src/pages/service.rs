@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use ieum_model::resource::Kind;
+use ieum_model::service::MtlsMode;
 use ieum_model::{Duration, Event, EventKind, Instance, ServiceView, Timestamp};
 use ieum_registry::Registry;
 use ieum_registry::registry::{BreakerState, Bucket, Golden, TopicView};
@@ -147,6 +148,14 @@ fn render(v: &View) -> Markup {
             @if let Some(x) = &spec.external {
                 dt { "External" }
                 dd.mono { (x.host) ":" (x.port) @if x.tls { " (TLS)" } }
+            }
+            @if spec.mtls_mode() == MtlsMode::Permissive {
+                dt { "mTLS" }
+                dd data-testid="mtls" {
+                    (format::badge("warn", "permissive"))
+                    " plain-text callers are let in beside mesh peers, without an identity; set "
+                    code { "mtls: strict" } " once every caller runs in the mesh."
+                }
             }
             dt { "Defined" }
             dd { "revision " (s.revision) ", updated " (format::time(s.updated_at, v.now)) }
