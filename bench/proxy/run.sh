@@ -7,7 +7,8 @@
 # prior knowledge, h2load) to the same proxies; then the same at a fixed rate (RATE, default
 # 1,000 req/s): latency and CPU per 100k.
 # Pinning: the proxy under test on core 1; wrk/h2load and the upstream on core 0.
-# The sidecar is the shipped build (`--profile dist`).
+# The sidecar is the shipped build (`--profile dist`). The server runs `--dev`, so the pair
+# talks plain text; bench/proxy/mtls.sh measures the same pair over mTLS.
 # Needs: apt-get install -y haproxy nginx wrk nghttp2-client   (Debian packages)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -69,7 +70,7 @@ CONF
 taskset -c 1 haproxy -f "$work/haproxy.cfg" & pids+=($!)
 haproxy_pid=$!
 
-"$IEUM" server --listen 127.0.0.1:9100 --data-dir "$work/server" 2>"$work/server.log" & pids+=($!)
+"$IEUM" server --dev --listen 127.0.0.1:9100 --data-dir "$work/server" 2>"$work/server.log" & pids+=($!)
 sleep 1
 export IEUM_SERVER=http://127.0.0.1:9100
 # One hop: the upstream registered directly, called through one sidecar's outbound listener.

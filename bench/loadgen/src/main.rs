@@ -11,6 +11,8 @@
 //! - `push`: S services × E endpoints, C push-stream clients each calling K services; one
 //!   endpoint change at a time: bytes to affected and unaffected clients, propagation
 //!   delay, snapshot sizes, and what a naive full resend would cost.
+//! - `handshakes`: new connections per second to a sidecar's inbound listener, plain or
+//!   mTLS (the generator enrols like a sidecar).
 //! - `bridge`: publish latency through a sidecar vs `async-nats` directly, and delivery
 //!   throughput of one sidecar to an app (real `ieum sidecar` processes, NATS JetStream).
 
@@ -116,6 +118,26 @@ enum Scenario {
         #[arg(long, default_value_t = 32)]
         max_in_flight: u32,
     },
+    /// New connections per second to a sidecar's inbound listener, one request each, in
+    /// plain text or over mTLS as an enrolled mesh workload (no server started).
+    Handshakes {
+        /// The inbound listener.
+        #[arg(long)]
+        target: std::net::SocketAddr,
+        /// The server to enrol with (mTLS); without it, plain text.
+        #[arg(long)]
+        mesh_server: Option<String>,
+        /// The service behind `target` (its SPIFFE id is checked).
+        #[arg(long, default_value = "up")]
+        service: String,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// The sidecar's pid, for its CPU.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
     /// Notification latency of many watchers after one change.
     Watchers {
         #[arg(long, default_value_t = 1000)]
@@ -130,6 +152,7 @@ enum Scenario {
 }
 
 mod bridge;
+mod handshakes;
 mod push;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -305,10 +328,31 @@ async fn main() -> anyhow::Result<()> {
     {
         return fixed_rate(url, host.as_deref(), *rate, *seconds, pids).await;
     }
+    if let Scenario::Handshakes {
+        target,
+        mesh_server,
+        service,
+        seconds,
+        concurrency,
+        pid,
+    } = &args.scenario
+    {
+        return handshakes::run(
+            mesh_server.as_deref(),
+            service,
+            *target,
+            *seconds,
+            *concurrency,
+            *pid,
+        )
+        .await;
+    }
     let server = Server::start(&args.ieum, &args.server_args)?;
     let base = server.base.clone();
     match args.scenario {
-        Scenario::FixedRate { .. } => unreachable!("handled above"),
+        Scenario::FixedRate { .. } | Scenario::Handshakes { .. } => {
+            unreachable!("handled above")
+        }
         Scenario::Bridge {
             nats,
             count,
