@@ -43,23 +43,26 @@ async fn mesh_connector(base: &str, service: &str) -> anyhow::Result<tokio_rustl
     )
     .await?;
     if status != 201 {
-        bail!("POST /v1/certificates answered {status}: {}", String::from_utf8_lossy(&body));
+        bail!(
+            "POST /v1/certificates answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
     }
     let issued: serde_json::Value = serde_json::from_slice(&body)?;
     let credentials = Credentials::new(issued["chainPem"].as_str().context("chainPem")?, key)?;
     let expected = SpiffeId::new(td, Workload::parse_principal(service)?);
-    let mut config = (*ieum_identity::client_config(
-        &Identity::new(credentials),
-        roots,
-        Some(expected),
-    )?)
-    .clone();
+    let mut config =
+        (*ieum_identity::client_config(&Identity::new(credentials), roots, Some(expected))?)
+            .clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// One connection, one request, read to the end; `true` for a 200.
-async fn once(target: SocketAddr, tls: Option<&tokio_rustls::TlsConnector>) -> anyhow::Result<bool> {
+async fn once(
+    target: SocketAddr,
+    tls: Option<&tokio_rustls::TlsConnector>,
+) -> anyhow::Result<bool> {
     let tcp = TcpStream::connect(target).await?;
     tcp.set_nodelay(true)?;
     let mut answer = Vec::with_capacity(512);
