@@ -48,6 +48,10 @@ pub struct Options {
     pub snapshot_file: Option<PathBuf>,
     /// Bearer token, for servers not bound to loopback.
     pub token: Option<String>,
+    /// For an `https://` server: the TLS configuration that verifies it (bootstrap trust,
+    /// `ieum_identity::ServerTrust::client_config`). Required for `https://`: without it
+    /// the client does not connect, never falling back to an unverified connection.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Why a session ended.
@@ -64,6 +68,48 @@ pub enum Error {
     /// The server refused or ended the stream.
     #[error("push stream: {0}")]
     Stream(#[from] tonic::Status),
+    /// An `https://` server and no TLS configuration to verify it with.
+    #[error(
+        "cannot verify the server {0}: set IEUM_CA_FILE to its CA certificate or use a join \
+         token (IEUM_TOKEN=ieum1.<ca-hash>.<secret>)"
+    )]
+    NoTrust(String),
+}
+
+/// A connector for tonic that speaks TLS with `config` to the URI's host: the server name
+/// checked is the URI's host (an IP address or a DNS name).
+fn tls_connector(
+    config: Arc<rustls::ClientConfig>,
+) -> impl tower::Service<
+    tonic::codegen::http::Uri,
+    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Future<
+        Output = std::io::Result<
+            hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+        >,
+    > + Send,
+> + Clone
++ Send {
+    let connector = tokio_rustls::TlsConnector::from(config);
+    tower::service_fn(move |uri: tonic::codegen::http::Uri| {
+        let connector = connector.clone();
+        async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| std::io::Error::other(format!("{uri}: no host")))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            let _ = tcp.set_nodelay(true);
+            let name = rustls::pki_types::ServerName::try_from(host)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        }
+    })
 }
 
 struct Inner {
@@ -247,7 +293,16 @@ async fn session(
             })?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true);
-        endpoint.connect().await.map_err(|source| Error::Connect {
+        let connected = match (&options.tls, endpoint.uri().scheme_str()) {
+            (Some(tls), Some("https")) => {
+                endpoint
+                    .connect_with_connector(tls_connector(tls.clone()))
+                    .await
+            }
+            (None, Some("https")) => return Err(Error::NoTrust(options.server.clone())),
+            _ => endpoint.connect().await,
+        };
+        connected.map_err(|source| Error::Connect {
             server: options.server.clone(),
             source,
         })

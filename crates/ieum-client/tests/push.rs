@@ -79,6 +79,7 @@ fn options(server: &Server, calls: &[&str]) -> Options {
         calls: calls.iter().map(|s| (*s).to_owned()).collect(),
         snapshot_file: None,
         token: None,
+        tls: None,
     }
 }
 

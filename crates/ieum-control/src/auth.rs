@@ -580,7 +580,30 @@ async fn permitted(
 
 impl Guard {
     /// The holder of `secret`, or the `401` that refuses it.
-    async fn caller(&self, secret: &str) -> Result<Caller, Response> {
+    async fn caller(&self, token: &str) -> Result<Caller, Response> {
+        // A join token (`ieum1.<ca-hash>.<secret>`) names the CA it trusts: it must be ours.
+        let join = ieum_identity::JoinToken::parse(token)
+            .map_err(|e| unauthorized("E1021", e.to_string(), true))?;
+        let secret = match &join {
+            Some(j) => {
+                if let Some(own) = self.tokens.ca_hash()
+                    && own != j.ca_hash.as_str()
+                {
+                    return Err(unauthorized(
+                        "E1022",
+                        format!(
+                            "the join token pins the CA sha256:{} but this server's CA is \
+                             sha256:{own}: the token is for another server; ask this server's \
+                             admin for one (`ieum token create`)",
+                            j.ca_hash
+                        ),
+                        true,
+                    ));
+                }
+                j.secret.as_str()
+            }
+            None => token,
+        };
         let internal = match &self.auth {
             Auth::Token(admin) => Some((admin, "admin", Role::Admin)),
             Auth::Tokens {

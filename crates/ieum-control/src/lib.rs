@@ -80,7 +80,10 @@ pub fn router_with_mesh(
     sagas: Option<ieum_saga::Coordinator>,
     mesh: Option<mesh::Mesh>,
 ) -> Router {
-    let tokens = tokens::Tokens::new(state.registry.store().clone());
+    let tokens = tokens::Tokens::new(
+        state.registry.store().clone(),
+        mesh.as_ref().map(mesh::Mesh::ca_fingerprint),
+    );
     let guard = auth::Guard {
         auth: state.auth.clone(),
         tokens: tokens.clone(),
@@ -179,6 +182,67 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Serves `app` over TLS (`config`: the server's certificate, ALPN `h2` and `http/1.1`) on
+/// `listener` until `shutdown` completes: then accepts no more connections, and waits for
+/// open ones to finish the requests in progress (streams end with the server's
+/// cancellation token). A failed handshake closes that connection only.
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    config: std::sync::Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let builder = builder.clone();
+        let service = TowerToHyperService::new(app.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream));
+            let tls = match handshake.await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 #[cfg(test)]

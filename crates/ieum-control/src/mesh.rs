@@ -33,6 +33,13 @@ pub struct Mesh {
     mtls: bool,
 }
 
+impl Mesh {
+    /// The lowercase hex SHA-256 of the CA certificate, which join tokens carry.
+    pub(crate) fn ca_fingerprint(&self) -> String {
+        self.ca.fingerprint()
+    }
+}
+
 impl std::fmt::Debug for Mesh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mesh")

@@ -37,6 +37,9 @@ pub const ADMIN: &str = "admin";
 pub(crate) struct Tokens {
     store: Arc<dyn Store>,
     cache: Arc<Mutex<Cache>>,
+    /// The SHA-256 of the mesh CA (lowercase hex), when the server runs one: join tokens
+    /// carry it, and a join token naming another CA is refused.
+    ca_hash: Option<Arc<str>>,
 }
 
 #[derive(Default)]
@@ -52,11 +55,17 @@ struct Entry {
 }
 
 impl Tokens {
-    pub(crate) fn new(store: Arc<dyn Store>) -> Tokens {
+    pub(crate) fn new(store: Arc<dyn Store>, ca_hash: Option<String>) -> Tokens {
         Tokens {
             store,
             cache: Arc::default(),
+            ca_hash: ca_hash.map(Into::into),
         }
+    }
+
+    /// The SHA-256 of the server's CA, which join tokens carry.
+    pub(crate) fn ca_hash(&self) -> Option<&str> {
+        self.ca_hash.as_deref()
     }
 
     /// Makes the next check re-read the store.
@@ -332,11 +341,17 @@ fn state(t: &StoredToken, now: Timestamp) -> &'static str {
 
 /// Answer of `POST /v1/tokens`: the token and, this once, its secret.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct CreatedToken {
     #[serde(flatten)]
     token: TokenView,
     /// The secret, shown only in this answer: pass it as `Authorization: Bearer SECRET`.
     secret: String,
+    /// For `sidecar` and `gateway` tokens of a server with a CA: the join token
+    /// `ieum1.<ca-sha256-hex>.<secret>`, which also pins the server's CA for bootstrap
+    /// trust; the server accepts it as the bearer token as well as the bare secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    join_token: Option<String>,
 }
 
 fn storage(e: StoreError) -> ApiError {
@@ -430,11 +445,22 @@ pub(crate) async fn create(
     }
     api.tokens.forget().await;
     tracing::info!(token = %token.name, role = %token.role, by = %token.created_by, "API token created");
+    let join_token = match (role, api.tokens.ca_hash()) {
+        (Role::Sidecar | Role::Gateway, Some(hash)) => Some(
+            ieum_identity::JoinToken {
+                ca_hash: hash.to_owned(),
+                secret: secret.clone(),
+            }
+            .to_string(),
+        ),
+        _ => None,
+    };
     let mut resp = (
         StatusCode::CREATED,
         Json(CreatedToken {
             token: TokenView::new(token, now),
             secret,
+            join_token,
         }),
     )
         .into_response();

@@ -88,6 +88,7 @@ async fn hosted(server: &Server, name: &str, token: Option<&str>) -> Arc<dyn Bro
         memory_host: Some(MemoryHost {
             url: server.url.clone(),
             token: token.map(str::to_owned),
+            tls: None,
         }),
     };
     connect_with(name, &memory_spec(), &options).await.unwrap()

@@ -12,6 +12,9 @@
 //!   server's own API, [`Ca::fingerprint`] for join tokens.
 //! - [`workload`]: the workload's [`KeyPair`] and CSR, and the [`Credentials`] built from
 //!   what was issued, with [`Credentials::renew_at`].
+//! - [`bootstrap`]: bootstrap trust: [`JoinToken`] (`ieum1.<ca-hash>.<secret>`),
+//!   [`ServerTrust`] (the CA file or the pin every client of the server verifies it
+//!   with) and the server's own renewable API certificate ([`ServerKey`]).
 //! - [`mesh`]: [`Identity`] (rotating credentials, a rustls certificate resolver),
 //!   [`server_config`], [`client_config`], [`peer_identity`] and [`PeerError`].
 //!
@@ -53,6 +56,7 @@
 //!   but the public key, once the CSR's signature proves the sender holds the key.
 //! - Every rustls configuration names the ring provider; none uses the process default.
 
+pub mod bootstrap;
 pub mod ca;
 pub mod mesh;
 pub mod spiffe;
@@ -61,6 +65,7 @@ mod x509;
 
 use std::sync::Arc;
 
+pub use bootstrap::{BootstrapError, JoinToken, ServerKey, ServerTrust, api_server_config};
 pub use ca::{Ca, CaError, Issued, ServerCertificate, fingerprint};
 pub use mesh::{
     ClientAuth, ConfigError, Identity, PeerError, client_config, peer_identity, roots_from_pem,

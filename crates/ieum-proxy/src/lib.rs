@@ -28,6 +28,7 @@
 //!     calls: vec![],
 //!     snapshot_file: None,
 //!     token: None,
+//!     tls: None,
 //! });
 //! let sidecar = Sidecar::start(SidecarConfig {
 //!     service: "orders".into(),
@@ -635,10 +636,17 @@ impl Sidecar {
     /// hosts them for every sidecar, so services in different processes share them.
     /// Call it right after [`Sidecar::start`], before the app publishes; without it a
     /// `memory` PubSub lives in this process only.
-    pub fn host_memory_pubsubs(&self, url: &str, token: Option<String>) {
+    /// `tls` verifies an `https://` server (bootstrap trust).
+    pub fn host_memory_pubsubs(
+        &self,
+        url: &str,
+        token: Option<String>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) {
         self.shared.bridge.set_memory_host(ieum_bridge::MemoryHost {
             url: url.to_owned(),
             token,
+            tls,
         });
     }
 

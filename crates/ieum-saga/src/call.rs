@@ -155,6 +155,7 @@ impl Caller {
     pub(crate) async fn start(
         server: &str,
         token: Option<String>,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
         mesh: Option<ieum_proxy::MeshConfig>,
     ) -> std::io::Result<Caller> {
         let client = ieum_client::Client::start(ieum_client::Options {
@@ -164,6 +165,7 @@ impl Caller {
             calls: Vec::new(),
             snapshot_file: None,
             token,
+            tls,
         });
         let any: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
         let sidecar = Sidecar::start(SidecarConfig {
@@ -187,6 +189,11 @@ impl Caller {
         .await?;
         let proxy = reqwest::Proxy::http(format!("http://{}", sidecar.outbound_addr()))
             .map_err(std::io::Error::other)?;
+        // Plain HTTP to the embedded sidecar; reqwest still needs a provider: ring, as
+        // everywhere in ieum.
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let http = reqwest::Client::builder()
             .proxy(proxy)
             .pool_max_idle_per_host(64)

@@ -48,6 +48,9 @@ pub struct Options {
     /// The coordinator's mesh identity (`system:coordinator`), issued by the server's CA:
     /// its calls to services are mTLS like a sidecar's. `None` under `--dev`.
     pub mesh: Option<ieum_proxy::MeshConfig>,
+    /// For an `https://` server: the TLS configuration that verifies it (the server hands
+    /// over its own CA). Required for `https://`.
+    pub server_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for Options {
@@ -74,6 +77,7 @@ impl Options {
             claim_every: Duration::from_secs(2),
             take_over_at_start: single,
             mesh: None,
+            server_tls: None,
         }
     }
 }
@@ -182,8 +186,13 @@ impl Coordinator {
     /// Starts the embedded sidecar, the writer, the lease and claim tasks, and resumes
     /// unfinished executions.
     pub async fn start(options: Options) -> std::io::Result<Coordinator> {
-        let caller =
-            Caller::start(&options.server, options.token.clone(), options.mesh.clone()).await?;
+        let caller = Caller::start(
+            &options.server,
+            options.token.clone(),
+            options.server_tls.clone(),
+            options.mesh.clone(),
+        )
+        .await?;
         let (writer, rx) = mpsc::channel(4096);
         let stop = CancellationToken::new();
         let inner = Arc::new(Inner {

@@ -11,11 +11,15 @@ use ieum_store::testing::TestDb;
 use serde_json::{Value, json};
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
+    {
+        // reqwest asks for a rustls provider even for plain HTTP: ring, as in ieum.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+    }
+    .no_proxy()
+    .redirect(reqwest::redirect::Policy::none())
+    .build()
+    .unwrap()
 }
 
 #[tokio::test]

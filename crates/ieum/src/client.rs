@@ -79,18 +79,41 @@ pub(crate) struct Client {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
+    /// For an `https://` server: the TLS configuration that verifies it (ALPN `h2` and
+    /// `http/1.1`), for the push stream.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Client {
     pub(crate) fn new(server: &str, token: Option<String>) -> anyhow::Result<Client> {
         // The CLI talks to the server directly, never through the HTTP_PROXY an app
         // environment may set for its sidecar.
-        let http = reqwest::Client::builder().no_proxy().build()?;
+        // An `https://` server is verified before anything is sent: against IEUM_CA_FILE,
+        // or the CA a join token pins; never without.
+        let trust = ieum_identity::ServerTrust::from_env(token.as_deref())
+            .map_err(|e| Failure::Usage(e.to_string()))?;
+        let trust = ieum_identity::ServerTrust::required(server, trust.as_ref())
+            .map_err(|e| Failure::Usage(e.to_string()))?;
+        let tls = trust.map(|t| t.client_config()).transpose()?;
+        let mut builder = reqwest::Client::builder().no_proxy();
+        if let Some(tls) = &tls {
+            // This client speaks HTTP/1.1 only.
+            let mut http1 = (**tls).clone();
+            http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+            builder = builder.tls_backend_preconfigured(http1);
+        }
+        let http = builder.build()?;
         Ok(Client {
             base: server.trim_end_matches('/').to_owned(),
             token,
             http,
+            tls,
         })
+    }
+
+    /// The TLS configuration that verifies an `https://` server (`None` for `http://`).
+    pub(crate) fn tls(&self) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+        self.tls.clone()
     }
 
     pub(crate) fn url(&self, path: &str) -> String {

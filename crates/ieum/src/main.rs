@@ -96,6 +96,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // ring is the process's one rustls provider (HTTP clients that speak no TLS still ask
+    // for one); every configuration of ours names it too.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match &cli.command {
         Command::Run(args) => args.runtime(),
         Command::Sidecar(args) => args.runtime(),

@@ -60,7 +60,19 @@ pub(crate) struct ServerArgs {
     /// thirds of it.
     #[arg(long, default_value = "24h")]
     cert_ttl: Duration,
+    /// Serve the API over HTTPS on loopback too (beyond loopback it always is, except
+    /// under --dev): for tests and hosts whose users should not trust each other.
+    #[arg(long, conflicts_with = "dev")]
+    tls: bool,
+    /// A DNS name (or address) the server is reached at, written into its certificate
+    /// beside the listen address, the host's addresses, `localhost` and 127.0.0.1.
+    /// Repeatable.
+    #[arg(long = "advertise-name", value_name = "NAME")]
+    advertise_names: Vec<String>,
 }
+
+/// Lifetime of the server's own API certificate; renewed after two thirds of it.
+const SERVER_CERT_TTL: std::time::Duration = std::time::Duration::from_secs(90 * 24 * 3600);
 
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     init_logging();
@@ -138,6 +150,13 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         ieum_identity::Ca::load_or_create(&ca_dir, trust_domain)
             .with_context(|| format!("the mesh's CA in {}", ca_dir.display()))?,
     );
+    // Beyond loopback (or with --tls) the API is HTTPS with a certificate of the CA.
+    let tls = if args.tls || !listen.ip().is_loopback() {
+        let sans = server_sans(local, &args.advertise_names);
+        Some(server_tls(&ca, sans, shutdown.clone())?)
+    } else {
+        None
+    };
     // Under --dev sidecars talk plain text; otherwise every sidecar enrols and uses mTLS.
     let mtls = !args.dev;
     let mesh = ieum_control::mesh::Mesh::new(ca.clone(), args.cert_ttl.get(), mtls);
@@ -150,6 +169,14 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let own_trust = match &tls {
+        Some(_) => Some(
+            ieum_identity::ServerTrust::Roots(ca.roots())
+                .client_config()
+                .context("the TLS configuration of the coordinator's push client")?,
+        ),
+        None => None,
+    };
     let sagas = start_sagas(
         &store_url,
         &registry,
@@ -157,6 +184,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         &auth,
         args.saga_lease,
         coordinator,
+        own_trust,
     )
     .await?;
     let app = ieum_control::router_with_mesh(
@@ -179,8 +207,17 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         "plain text between sidecars (--dev)".to_owned()
     };
 
+    let tls_line = tls.as_ref().map(|_| {
+        format!(
+            "HTTPS with a certificate of the mesh CA; clients pin sha256:{} (a join token \
+             carries it) or set IEUM_CA_FILE={}",
+            ca.fingerprint(),
+            ca_dir.join(ieum_identity::ca::CA_CERT_FILE).display()
+        )
+    });
     banner(
         local,
+        tls_line.as_deref(),
         &store_url,
         registry.store().backend(),
         &auth_line,
@@ -195,7 +232,13 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         signal.cancel();
     });
     let stop = shutdown.clone();
-    ieum_control::serve(listener, app, async move { stop.cancelled().await }).await?;
+    match tls {
+        Some(config) => {
+            ieum_control::serve_tls(listener, app, config, async move { stop.cancelled().await })
+                .await?
+        }
+        None => ieum_control::serve(listener, app, async move { stop.cancelled().await }).await?,
+    }
     sagas.shutdown().await;
     registry.shutdown().await;
     eprintln!("stopped");
@@ -251,6 +294,99 @@ fn coordinator_identity(
     })
 }
 
+/// The names in the server's certificate: the listen address (or, listening on every
+/// address, the host's non-loopback addresses, best effort), `localhost`, 127.0.0.1 and
+/// every `--advertise-name`.
+fn server_sans(local: SocketAddr, advertised: &[String]) -> Vec<String> {
+    let mut sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    if local.ip().is_unspecified() {
+        sans.extend(host_addresses().iter().map(ToString::to_string));
+    } else {
+        sans.push(local.ip().to_string());
+    }
+    sans.extend(advertised.iter().cloned());
+    let mut seen = std::collections::BTreeSet::new();
+    sans.retain(|s| seen.insert(s.clone()));
+    sans
+}
+
+/// The host's own non-loopback addresses, read from Linux's `/proc/net/fib_trie` (IPv4:
+/// the `/32 host LOCAL` entries) and `/proc/net/if_inet6` (global IPv6); none elsewhere.
+fn host_addresses() -> Vec<std::net::IpAddr> {
+    let mut found = Vec::new();
+    if let Ok(trie) = std::fs::read_to_string("/proc/net/fib_trie") {
+        let mut last: Option<std::net::Ipv4Addr> = None;
+        for line in trie.lines() {
+            let t = line.trim();
+            if let Some(ip) = t.strip_prefix("|-- ") {
+                last = ip.parse().ok();
+            } else if t.starts_with("/32 host LOCAL")
+                && let Some(ip) = last
+                && !ip.is_loopback()
+            {
+                found.push(ip.into());
+            }
+        }
+    }
+    if let Ok(v6) = std::fs::read_to_string("/proc/net/if_inet6") {
+        for line in v6.lines() {
+            let Some(hex) = line.split_whitespace().next() else {
+                continue;
+            };
+            let Ok(bits) = u128::from_str_radix(hex, 16) else {
+                continue;
+            };
+            let ip = std::net::Ipv6Addr::from(bits);
+            // Link-local addresses need a scope, which a certificate cannot name.
+            if !ip.is_loopback() && (ip.segments()[0] & 0xffc0) != 0xfe80 {
+                found.push(ip.into());
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// The HTTPS configuration of the API: a certificate of `ca` naming `sans`, renewed in
+/// place after two thirds of [`SERVER_CERT_TTL`] until `stop`.
+fn server_tls(
+    ca: &Arc<ieum_identity::Ca>,
+    sans: Vec<String>,
+    stop: CancellationToken,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let cert = ca
+        .server_certificate(&sans, SERVER_CERT_TTL)
+        .with_context(|| format!("the server's certificate for {}", sans.join(", ")))?;
+    let key = ieum_identity::ServerKey::new(cert)?;
+    let config = ieum_identity::api_server_config(&key)?;
+    let ca = ca.clone();
+    tokio::spawn(async move {
+        let mut wait = SERVER_CERT_TTL.mul_f64(2.0 / 3.0);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            match ca
+                .server_certificate(&sans, SERVER_CERT_TTL)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| Ok(key.replace(c)?))
+            {
+                Ok(()) => {
+                    tracing::info!("renewed the server's API certificate");
+                    wait = SERVER_CERT_TTL.mul_f64(2.0 / 3.0);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot renew the server's API certificate; retrying in 1m");
+                    wait = std::time::Duration::from_secs(60);
+                }
+            }
+        }
+    });
+    Ok(config)
+}
+
 /// Opens the saga log on the same database and starts the coordinator, whose embedded
 /// sidecar follows this server over loopback.
 async fn start_sagas(
@@ -260,6 +396,7 @@ async fn start_sagas(
     auth: &Auth,
     lease: Duration,
     mesh: Option<ieum_proxy::MeshConfig>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) -> anyhow::Result<ieum_saga::Coordinator> {
     let log = ieum_store::open_saga_log(store_url)
         .await
@@ -268,8 +405,10 @@ async fn start_sagas(
     if own.ip().is_unspecified() {
         own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let mut options =
-        ieum_saga::Options::new(log, registry.store().clone(), format!("http://{own}"));
+        ieum_saga::Options::new(log, registry.store().clone(), format!("{scheme}://{own}"));
+    options.server_tls = tls;
     // Tokens required: the embedded sidecar follows this server with the in-memory secret
     // (role reader), which no revocation of a stored token can break.
     if let Auth::Tokens {
@@ -288,10 +427,22 @@ async fn start_sagas(
         .context("cannot start the saga coordinator")
 }
 
-fn banner(addr: SocketAddr, store_url: &str, backend: &str, auth: &str, mesh: &str, dev: bool) {
-    let base = format!("http://{addr}");
+fn banner(
+    addr: SocketAddr,
+    tls: Option<&str>,
+    store_url: &str,
+    backend: &str,
+    auth: &str,
+    mesh: &str,
+    dev: bool,
+) {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let base = format!("{scheme}://{addr}");
     let mut b = format!("ieum {} server\n", env!("CARGO_PKG_VERSION"));
     b += &format!("  listening  {addr} (HTTP/1.1 and HTTP/2)\n");
+    if let Some(tls) = tls {
+        b += &format!("  tls        {tls}\n");
+    }
     b += &format!("  UI         {base}/ui\n");
     b += &format!("  API        {base}/v1\n");
     b += &format!("  OpenAPI    {base}/v1/openapi.json\n");

@@ -286,6 +286,9 @@ async fn lifecycle(
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create the data dir {}", args.data_dir.display()))?;
 
+    // The server's API, verified before anything is sent when it is `https://`.
+    let api = Client::new(&ctx.server, ctx.token.clone())?;
+
     // 1. The push stream and the first snapshot, so the app's first call already works.
     let push = ieum_client::Client::start(ieum_client::Options {
         server: ctx.server.clone(),
@@ -299,6 +302,7 @@ async fn lifecycle(
                 .join(format!("sidecar-{service}.snapshot.json")),
         ),
         token: ctx.token.clone(),
+        tls: api.tls(),
     });
     let restored = push.snapshot().version > 0;
     if !restored && !push.wait_connected(args.snapshot_wait.get()).await {
@@ -331,7 +335,6 @@ async fn lifecycle(
     let app_addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.app_port);
     // The workload's identity before anything else talks to the mesh: its certificate
     // (renewed in place from then on) makes every call between sidecars mTLS.
-    let api = Client::new(&ctx.server, ctx.token.clone())?;
     let identity_dir = args.data_dir.join(format!("identity-{service}"));
     let enrolled = crate::enroll::enroll(&api, service.as_str(), &identity_dir)
         .await
@@ -373,7 +376,7 @@ async fn lifecycle(
     .context("cannot start the sidecar's listeners")?;
     // `type: memory` PubSubs live in the server this sidecar follows, so every service
     // shares them (docs/bridge.md).
-    proxy.host_memory_pubsubs(&ctx.server, ctx.token.clone());
+    proxy.host_memory_pubsubs(&ctx.server, ctx.token.clone(), api.tls());
     let (outbound, inbound, admin) = (
         proxy.outbound_addr(),
         proxy.inbound_addr(),

@@ -18,8 +18,10 @@ pub(crate) struct TokenArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum TokenCommand {
-    /// Create a token and print its secret: only the secret, on stdout, this once (the
-    /// server keeps only its hash). `ieum token create ci --role operator`.
+    /// Create a token and print it, only it, on stdout, this once (the server keeps only
+    /// its hash): the secret, or for `sidecar` and `gateway` tokens the join token
+    /// `ieum1.<CA sha256>.<secret>`, which also pins the server's CA.
+    /// `ieum token create ci --role operator`.
     Create(CreateArgs),
     /// List tokens with their role, service and state; never their secrets.
     List,
@@ -80,6 +82,15 @@ async fn create(ctx: &Context, args: CreateArgs) -> anyhow::Result<()> {
     }
     if let Some(at) = created["expiresAt"].as_str() {
         about += &format!(", expires {at}");
+    }
+    // Sidecar and gateway tokens are join tokens: `ieum1.<ca-sha256>.<secret>`, which the
+    // server accepts as the bearer token and which pins its CA for bootstrap trust.
+    if let Some(join) = created["joinToken"].as_str() {
+        eprintln!(
+            "{about}); its join token (`ieum1.<CA sha256>.<secret>`: the secret, and the CA \
+             a sidecar pins before sending anything), on stdout, is shown only this once"
+        );
+        return output::out(&format!("{join}\n"));
     }
     eprintln!("{about}); its secret, on stdout, is shown only this once");
     output::out(&format!("{secret}\n"))

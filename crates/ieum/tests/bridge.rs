@@ -213,7 +213,14 @@ impl Instance {
 }
 
 async fn http() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
+    {
+        // reqwest asks for a rustls provider even for plain HTTP: ring, as in ieum.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+    }
+    .no_proxy()
+    .build()
+    .unwrap()
 }
 
 async fn apply(base: &str, yaml: &str) {

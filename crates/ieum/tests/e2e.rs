@@ -80,7 +80,14 @@ impl Drop for Server {
 }
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
+    {
+        // reqwest asks for a rustls provider even for plain HTTP: ring, as in ieum.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+    }
+    .no_proxy()
+    .build()
+    .unwrap()
 }
 
 async fn acknowledged_writes_survive_kill_9(store_args: Vec<String>) {
@@ -295,17 +302,41 @@ async fn off_loopback_the_server_makes_a_token_and_requires_it() {
             0o600
         );
     }
-    let c = http();
+    // Beyond loopback the API is HTTPS, with a certificate of the server's CA (which
+    // names 127.0.0.1 among its addresses).
+    let port = server.base.rsplit(':').next().unwrap().to_owned();
+    let base = format!("https://127.0.0.1:{port}");
+    let ca_file = dir.join("ca").join("ca.pem");
+    let mut tls = (*ieum_identity::ServerTrust::from_ca_file(&ca_file)
+        .unwrap()
+        .client_config()
+        .unwrap())
+    .clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let _ = http();
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap();
+    assert!(
+        c.get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .map(|r| !r.status().is_success())
+            .unwrap_or(true),
+        "plain HTTP is not served beyond loopback"
+    );
     let body = json!({"address": "10.0.0.1", "port": 80});
     let r = c
-        .post(format!("{}/v1/services/orders/instances", server.base))
+        .post(format!("{base}/v1/services/orders/instances"))
         .json(&body)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
     let r = c
-        .post(format!("{}/v1/services/orders/instances", server.base))
+        .post(format!("{base}/v1/services/orders/instances"))
         .bearer_auth(&token)
         .json(&body)
         .send()
@@ -313,8 +344,11 @@ async fn off_loopback_the_server_makes_a_token_and_requires_it() {
         .unwrap();
     assert_eq!(r.status(), 201);
     let (code, out, err) = cli(
-        &["get", "services", "--server", &server.base],
-        &[("IEUM_TOKEN", &token)],
+        &["get", "services", "--server", &base],
+        &[
+            ("IEUM_TOKEN", &token),
+            ("IEUM_CA_FILE", &ca_file.display().to_string()),
+        ],
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("orders"));
@@ -479,6 +513,7 @@ async fn the_client_library_rides_out_a_server_kill_and_restart() {
         calls: vec!["stock".into()],
         snapshot_file: Some(snapshot_dir.path().join("snapshot.json")),
         token: None,
+        tls: None,
     });
     let mut changes = client.changes();
     let wait = std::time::Duration::from_secs(10);

@@ -128,7 +128,38 @@ async fn sidecars_in_two_namespaces_reach_each_other() {
         .unwrap()
         .trim()
         .to_owned();
-    let env = [("IEUM_TOKEN", token.as_str())];
+    // Beyond loopback the API is HTTPS: each sidecar gets a join token from
+    // `ieum token create` (run with the admin token, verifying the server with its CA
+    // file), which pins the server's CA; the sidecars have no CA file.
+    let ca_file = data("server/ca/ca.pem");
+    let join = |name: &str, service: &str| -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", A, env!("CARGO_BIN_EXE_ieum")])
+            .args([
+                "token",
+                "create",
+                name,
+                "--role",
+                "sidecar",
+                "--service",
+                service,
+            ])
+            .env("IEUM_SERVER", "https://10.77.0.1:7700")
+            .env("IEUM_TOKEN", &token)
+            .env("IEUM_CA_FILE", &ca_file)
+            .output()
+            .unwrap();
+        let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(
+            out.status.success() && printed.starts_with("ieum1."),
+            "token create: {printed} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        printed
+    };
+    let echo_token = join("echo-1", "echo");
+    let caller_token = join("caller-1", "caller");
+    let env = [("IEUM_TOKEN", echo_token.as_str())];
 
     // echo in namespace b, reachable at 10.77.0.2:7711.
     let echo = in_ns(
@@ -140,7 +171,7 @@ async fn sidecars_in_two_namespaces_reach_each_other() {
             "--app-port",
             "8001",
             "--server",
-            "http://10.77.0.1:7700",
+            "https://10.77.0.1:7700",
             "--data-dir",
             &data("b"),
             "--inbound",
@@ -174,7 +205,7 @@ http.server.HTTPServer(('127.0.0.1', 8002), http.server.BaseHTTPRequestHandler).
             "--app-port",
             "8002",
             "--server",
-            "http://10.77.0.1:7700",
+            "https://10.77.0.1:7700",
             "--data-dir",
             &data("a"),
             "--inbound",
@@ -184,7 +215,7 @@ http.server.HTTPServer(('127.0.0.1', 8002), http.server.BaseHTTPRequestHandler).
             "-c",
             &script,
         ],
-        &env,
+        &[("IEUM_TOKEN", caller_token.as_str())],
     );
     let _caller = Proc(caller);
 
@@ -205,7 +236,9 @@ http.server.HTTPServer(('127.0.0.1', 8002), http.server.BaseHTTPRequestHandler).
             A,
             "curl",
             "-sf",
-            "http://10.77.0.1:7700/v1/services/echo",
+            "--cacert",
+            &ca_file,
+            "https://10.77.0.1:7700/v1/services/echo",
         ])
         .output()
         .unwrap();

@@ -80,11 +80,15 @@ impl Drop for Server {
 }
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+    {
+        // reqwest asks for a rustls provider even for plain HTTP: ring, as in ieum.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+    }
+    .no_proxy()
+    .timeout(Duration::from_secs(10))
+    .build()
+    .unwrap()
 }
 
 /// A participant that applies each idempotency key once and remembers the answer.

@@ -97,17 +97,21 @@ fn run(server: &str, data: &str, service: &str, app_port: u16, app: &[&str]) -> 
 }
 
 async fn get(url: &str) -> Value {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    {
+        // reqwest asks for a rustls provider even for plain HTTP: ring, as in ieum.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+    }
+    .no_proxy()
+    .build()
+    .unwrap()
+    .get(url)
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap()
 }
 
 async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
@@ -218,14 +222,18 @@ async fn run_prepares_the_app_registers_it_and_drains_on_sigterm() {
         inst["address"].as_str().unwrap(),
         inst["port"]
     );
-    let resp = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(&inbound)
-        .send()
-        .await
-        .unwrap();
+    let resp = {
+        // reqwest asks for a rustls provider even for plain HTTP: ring, as in ieum.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+    }
+    .no_proxy()
+    .build()
+    .unwrap()
+    .get(&inbound)
+    .send()
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 403, "a caller without a certificate");
     assert_eq!(resp.headers()["ieum-reason"], "mtls-required");
 
@@ -488,28 +496,36 @@ fn tcp_app() -> u16 {
 /// `GET url` through the sidecar's outbound listener (as an app with `HTTP_PROXY` does);
 /// a fresh client each time, so no pooled connection hides a restart.
 async fn call_via(outbound: &str, url: &str) -> Result<(u16, String), reqwest::Error> {
-    let res = reqwest::Client::builder()
-        .proxy(reqwest::Proxy::http(outbound).unwrap())
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
-        .get(url)
-        .send()
-        .await?;
+    let res = {
+        // reqwest asks for a rustls provider even for plain HTTP: ring, as in ieum.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+    }
+    .proxy(reqwest::Proxy::http(outbound).unwrap())
+    .timeout(Duration::from_secs(5))
+    .build()
+    .unwrap()
+    .get(url)
+    .send()
+    .await?;
     let status = res.status().as_u16();
     Ok((status, res.text().await?))
 }
 
 /// The admin `/ready` answer.
 async fn ready(admin: &str) -> (u16, String) {
-    let res = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("{admin}/ready"))
-        .send()
-        .await
-        .unwrap();
+    let res = {
+        // reqwest asks for a rustls provider even for plain HTTP: ring, as in ieum.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+    }
+    .no_proxy()
+    .build()
+    .unwrap()
+    .get(format!("{admin}/ready"))
+    .send()
+    .await
+    .unwrap();
     (res.status().as_u16(), res.text().await.unwrap())
 }
 
@@ -613,16 +629,20 @@ async fn traffic_survives_a_killed_server_and_sidecars_resync_when_it_returns() 
     })
     .await;
     let fault = "apiVersion: ieum.dev/v1\nkind: FaultInjection\nmetadata: {name: echo-chaos}\nspec: {targetRef: {kind: Service, name: echo}, abort: {httpStatus: 418, percent: 100}}\n";
-    let res = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .post(format!("{base}/v1/apply"))
-        .header("content-type", "application/yaml")
-        .body(fault)
-        .send()
-        .await
-        .unwrap();
+    let res = {
+        // reqwest asks for a rustls provider even for plain HTTP: ring, as in ieum.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+    }
+    .no_proxy()
+    .build()
+    .unwrap()
+    .post(format!("{base}/v1/apply"))
+    .header("content-type", "application/yaml")
+    .body(fault)
+    .send()
+    .await
+    .unwrap();
     assert!(res.status().is_success(), "{}", res.text().await.unwrap());
     wait_for("the fault to take effect in the caller", async || {
         matches!(
@@ -832,17 +852,21 @@ async fn traffic_between_sidecars_is_mtls_and_survives_certificate_renewals() {
         view["instances"][0]["metadata"]["identity"],
         "spiffe://ieum.local/svc/stock"
     );
-    let metrics = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("{}/metrics", stock.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = {
+        // reqwest asks for a rustls provider even for plain HTTP: ring, as in ieum.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+    }
+    .no_proxy()
+    .build()
+    .unwrap()
+    .get(format!("{}/metrics", stock.admin))
+    .send()
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
     let mtls = "request_total{direction=\"inbound\",dst_service=\"stock\",route=\"default\",tls=\"true\",client_id=\"web\"} ";
     let served: u64 = metrics
         .lines()

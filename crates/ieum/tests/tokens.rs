@@ -92,8 +92,22 @@ fn create(server: &Server, admin: &str, args: &[&str]) -> String {
     let (code, out, err) = ieum(server, Some(admin), &all);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("created token"), "{err}");
-    let secret = out.strip_suffix('\n').expect("one line");
-    assert!(!secret.contains('\n'), "only the secret on stdout: {out:?}");
+    let printed = out.strip_suffix('\n').expect("one line");
+    assert!(
+        !printed.contains('\n'),
+        "only the secret on stdout: {out:?}"
+    );
+    // Sidecar and gateway tokens are join tokens, `ieum1.<CA sha256>.<secret>`; the server
+    // accepts the whole of it as the bearer token.
+    let secret = match printed.strip_prefix("ieum1.") {
+        Some(rest) => {
+            let (hash, secret) = rest.split_once('.').expect("ieum1.<hash>.<secret>");
+            assert_eq!(hash.len(), 64, "{out:?}");
+            assert!(!err.contains(secret), "the secret is only on stdout");
+            return printed.to_owned();
+        }
+        None => printed,
+    };
     assert_eq!(secret.len(), 43, "{out:?}");
     assert!(
         secret
@@ -175,7 +189,14 @@ async fn tokens_are_created_used_listed_and_revoked_with_the_cli() {
     assert_eq!(history[0]["author"], "ci", "{out}");
 
     // The sidecar token registers its own service's instance, not another's.
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = {
+        // reqwest asks for a rustls provider even for plain HTTP: ring, as in ieum.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+    }
+    .no_proxy()
+    .build()
+    .unwrap();
     let body = json!({"id": "o1", "address": "127.0.0.1", "port": 8080});
     let r = http
         .post(format!("{}/v1/services/orders/instances", server.base))

@@ -47,13 +47,29 @@ const RETRY: (Duration, Duration) = (Duration::from_millis(250), Duration::from_
 const BROKER: &str = "memory";
 
 /// The server that hosts `memory` PubSubs (`ieum server`), as a sidecar reaches it.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct MemoryHost {
     /// The server's API address, e.g. `http://127.0.0.1:7700`.
     pub url: String,
     /// Its bearer token, for a server not bound to loopback (writes need it).
     pub token: Option<String>,
+    /// For an `https://` server: the TLS configuration that verifies it (bootstrap trust,
+    /// `ieum_identity::ServerTrust`); required for `https://`, never skipped.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
+
+impl PartialEq for MemoryHost {
+    fn eq(&self, other: &Self) -> bool {
+        let same_tls = match (&self.tls, &other.tls) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        self.url == other.url && self.token == other.token && same_tls
+    }
+}
+
+impl Eq for MemoryHost {}
 
 impl std::fmt::Debug for MemoryHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -162,8 +178,25 @@ enum FetchError {
 
 impl HostedBroker {
     fn new(name: &str, host: &MemoryHost) -> Result<Self, BrokerError> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
+        let mut builder = reqwest::Client::builder().no_proxy();
+        match (&host.tls, host.url.starts_with("https://")) {
+            (Some(tls), _) => {
+                // HTTP/1.1 only: this client speaks no HTTP/2.
+                let mut tls = (**tls).clone();
+                tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+                builder = builder.tls_backend_preconfigured(tls);
+            }
+            (None, true) => {
+                return Err(BrokerError::Config(format!(
+                    "PubSub/{name}: the server {} is HTTPS and nothing verifies it: set \
+                     IEUM_CA_FILE to its CA certificate or use a join token",
+                    host.url
+                )));
+            }
+            // Plain HTTP: no TLS is ever used, but the client needs a provider.
+            (None, false) => super::tls::install_ring_as_default(),
+        }
+        let http = builder
             .build()
             .map_err(|e| BrokerError::Config(format!("PubSub/{name}: an HTTP client: {e}")))?;
         Ok(HostedBroker {

@@ -141,6 +141,7 @@ pub(crate) fn client(server: &Server, service: &str, calls: &[&str]) -> Client {
         calls: calls.iter().map(|s| (*s).to_owned()).collect(),
         snapshot_file: None,
         token: None,
+        tls: None,
     })
 }
 
@@ -246,15 +247,26 @@ pub(crate) fn reply(status: u16, body: impl Into<String>) -> Response<Full<Bytes
 
 /// A plain HTTP client using `sidecar` as its HTTP proxy, as `HTTP_PROXY` makes apps do.
 pub(crate) fn proxied(sidecar: &Sidecar) -> reqwest::Client {
-    reqwest::Client::builder()
-        .proxy(reqwest::Proxy::http(format!("http://{}", sidecar.outbound_addr())).unwrap())
-        .build()
-        .unwrap()
+    {
+        // reqwest asks for a rustls provider even for plain HTTP: ring, as in ieum.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+    }
+    .proxy(reqwest::Proxy::http(format!("http://{}", sidecar.outbound_addr())).unwrap())
+    .build()
+    .unwrap()
 }
 
 /// A plain HTTP client without any proxy.
 pub(crate) fn direct() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
+    {
+        // reqwest asks for a rustls provider even for plain HTTP: ring, as in ieum.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+    }
+    .no_proxy()
+    .build()
+    .unwrap()
 }
 
 /// GETs an admin path of `sidecar`.
