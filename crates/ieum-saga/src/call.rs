@@ -140,6 +140,8 @@ pub(crate) fn classify_answer(status: u16, headers: &http::HeaderMap) -> Outcome
 pub(crate) struct Caller {
     http: reqwest::Client,
     sidecar: Sidecar,
+    /// The embedded sidecar's push client, to wait for its first snapshot.
+    push: ieum_client::Client,
 }
 
 impl std::fmt::Debug for Caller {
@@ -176,7 +178,7 @@ impl Caller {
             outbound_listen: any,
             inbound_listen: any,
             admin_listen: any,
-            client,
+            client: client.clone(),
             egress: ieum_proxy::Egress::RegistryOnly,
             app_protocol: ieum_proxy::AppProtocol::Http,
             tcp: Vec::new(),
@@ -199,7 +201,17 @@ impl Caller {
             .pool_max_idle_per_host(64)
             .build()
             .map_err(std::io::Error::other)?;
-        Ok(Caller { http, sidecar })
+        Ok(Caller {
+            http,
+            sidecar,
+            push: client,
+        })
+    }
+
+    /// Waits (at most `bound`) for the embedded sidecar's first configuration snapshot, so
+    /// calls resumed right after a start find their services instead of failing as unknown.
+    pub(crate) async fn ready(&self, bound: Duration) -> bool {
+        self.push.wait_connected(bound).await
     }
 
     /// The sidecar's outbound listener.
