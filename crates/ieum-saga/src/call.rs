@@ -140,8 +140,6 @@ pub(crate) fn classify_answer(status: u16, headers: &http::HeaderMap) -> Outcome
 pub(crate) struct Caller {
     http: reqwest::Client,
     sidecar: Sidecar,
-    /// The embedded sidecar's push client, to wait for its first snapshot.
-    push: ieum_client::Client,
 }
 
 impl std::fmt::Debug for Caller {
@@ -178,7 +176,7 @@ impl Caller {
             outbound_listen: any,
             inbound_listen: any,
             admin_listen: any,
-            client: client.clone(),
+            client,
             egress: ieum_proxy::Egress::RegistryOnly,
             app_protocol: ieum_proxy::AppProtocol::Http,
             tcp: Vec::new(),
@@ -201,17 +199,7 @@ impl Caller {
             .pool_max_idle_per_host(64)
             .build()
             .map_err(std::io::Error::other)?;
-        Ok(Caller {
-            http,
-            sidecar,
-            push: client,
-        })
-    }
-
-    /// Waits (at most `bound`) for the embedded sidecar's first configuration snapshot, so
-    /// calls resumed right after a start find their services instead of failing as unknown.
-    pub(crate) async fn ready(&self, bound: Duration) -> bool {
-        self.push.wait_connected(bound).await
+        Ok(Caller { http, sidecar })
     }
 
     /// The sidecar's outbound listener.

@@ -512,13 +512,6 @@ impl Coordinator {
     }
 
     async fn claim_loop(self, every: Duration, mut force: bool) {
-        // Resumed executions call at once: first the services they call must be known.
-        tokio::select! {
-            ready = self.inner.caller.ready(Duration::from_secs(10)) => if !ready {
-                tracing::warn!("no configuration snapshot within 10s; resuming executions anyway");
-            },
-            () = self.inner.stop.cancelled() => return,
-        }
         let mut tick = tokio::time::interval(every.max(Duration::from_millis(50)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
