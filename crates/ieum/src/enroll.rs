@@ -193,7 +193,7 @@ async fn request(api: &Client, id: &SpiffeId, saved: &Saved) -> anyhow::Result<C
     Ok(credentials)
 }
 
-/// Renews `identity`'s certificate whenever two thirds of its lifetime have passed, until
+/// Renews `enrolled`'s certificate whenever two thirds of its lifetime have passed, until
 /// `stop`; a failed renewal is retried while the current certificate is still valid.
 pub(crate) async fn renew(
     api: Client,
@@ -202,17 +202,6 @@ pub(crate) async fn renew(
     saved: Saved,
     stop: CancellationToken,
 ) {
-    keep_renewed(identity, stop, || request(&api, &id, &saved)).await;
-}
-
-/// The renewal loop shared by sidecars (over the API) and the server's own identity (issued
-/// in process): at each renewal time, `issue` a fresh certificate and swap it in; on failure
-/// retry every few seconds, until `stop`.
-pub(crate) async fn keep_renewed<F, Fut>(identity: Identity, stop: CancellationToken, issue: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Credentials>>,
-{
     loop {
         let current = identity.current();
         let wait = current
@@ -224,10 +213,10 @@ where
             () = tokio::time::sleep(wait) => {}
         }
         loop {
-            match issue().await {
+            match request(&api, &id, &saved).await {
                 Ok(fresh) => {
                     tracing::info!(
-                        id = %fresh.id().uri(),
+                        id = %id.uri(),
                         until = %humantime::format_rfc3339_seconds(fresh.not_after()),
                         "renewed the workload certificate"
                     );

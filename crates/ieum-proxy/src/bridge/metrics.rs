@@ -218,11 +218,7 @@ pub(crate) struct EventLog {
 #[derive(Debug, Default)]
 struct LogInner {
     records: Vec<EventRecord>,
-    /// Samples kept this window, by a hash of pubsub, topic and direction: looked up on
-    /// every event, so without building a key (two topics sharing a hash would only share
-    /// their sample budget).
-    samples: std::collections::HashMap<u64, u32>,
-    hasher: std::hash::RandomState,
+    samples: std::collections::HashMap<(String, String, &'static str), u32>,
     left_out: u64,
 }
 
@@ -251,11 +247,14 @@ impl EventLog {
             return;
         }
         if !seen.outcome.is_failure() && correlation.is_none() {
-            let key = std::hash::BuildHasher::hash_one(
-                &inner.hasher,
-                (seen.pubsub, seen.topic, seen.direction),
-            );
-            let n = inner.samples.entry(key).or_default();
+            let n = inner
+                .samples
+                .entry((
+                    seen.pubsub.to_owned(),
+                    seen.topic.to_owned(),
+                    seen.direction,
+                ))
+                .or_default();
             if *n >= SAMPLES_PER_TOPIC {
                 return;
             }
