@@ -140,6 +140,11 @@ pub(crate) fn classify_answer(status: u16, headers: &http::HeaderMap) -> Outcome
 pub(crate) struct Caller {
     http: reqwest::Client,
     sidecar: Sidecar,
+    /// The embedded sidecar's push client: until its first snapshot, no service is known,
+    /// and a call would fail as one to an unknown service.
+    client: ieum_client::Client,
+    /// Set once the first snapshot has arrived (calls no longer wait for it).
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Caller {
@@ -167,6 +172,7 @@ impl Caller {
             token,
             tls,
         });
+        let push = client.clone();
         let any: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
         let sidecar = Sidecar::start(SidecarConfig {
             service: COORDINATOR_SERVICE.into(),
@@ -199,7 +205,12 @@ impl Caller {
             .pool_max_idle_per_host(64)
             .build()
             .map_err(std::io::Error::other)?;
-        Ok(Caller { http, sidecar })
+        Ok(Caller {
+            http,
+            sidecar,
+            client: push,
+            ready: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// The sidecar's outbound listener.
@@ -215,6 +226,14 @@ impl Caller {
     /// Sends one attempt, bounded by `timeout`.
     pub(crate) async fn send(&self, req: &OutRequest, timeout: Duration) -> Attempt {
         let start = Instant::now();
+        // Right after the server starts, executions (resumed or new) may call before the
+        // embedded sidecar has its first snapshot: wait for it (within the attempt's time)
+        // rather than fail the step as a call to an unknown service.
+        if !self.ready.load(std::sync::atomic::Ordering::Relaxed)
+            && self.client.wait_connected(timeout).await
+        {
+            self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let method = http::Method::from_bytes(req.method.as_bytes()).unwrap_or(http::Method::POST);
         let mut builder = self
             .http

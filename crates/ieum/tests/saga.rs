@@ -420,7 +420,11 @@ async fn crash_loop() {
         } else {
             "completed"
         };
-        assert_eq!(s, want, "saga {i} ({})", ids[i]);
+        if s != want {
+            // The step log says why (which attempt failed, with what).
+            let log = execution(&server.base, &ids[i]).await;
+            panic!("saga {i} ({}) is {s}, expected {want}: {log:#?}", ids[i]);
+        }
     }
     // No effect applied twice; each failed checkout's stock reservation was released.
     for (name, p) in [
