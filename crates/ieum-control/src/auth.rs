@@ -41,6 +41,61 @@ pub struct Caller {
     pub role: Role,
     /// The one service it acts for (`sidecar`, and `gateway` when given one).
     pub service: Option<String>,
+    /// How it proved who it is.
+    pub credential: Credential,
+}
+
+/// How a [`Caller`] proved who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// An API token (or join token).
+    Token,
+    /// A mesh certificate presented on the HTTPS listener (an enrolled sidecar or gateway).
+    Certificate {
+        /// The token that asked for the certificate, if any: renewals with the certificate
+        /// alone need it still valid.
+        enrolled_by: Option<String>,
+    },
+}
+
+/// The mesh certificate a client presented on the server's HTTPS listener, verified by the
+/// TLS layer (chained to the CA, of the mesh's trust domain); attached to every request of
+/// the connection.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate {
+    /// Its SPIFFE id.
+    pub id: ieum_identity::SpiffeId,
+    /// The token that asked for it ([`ieum_identity::enrolled_by`]).
+    pub enrolled_by: Option<String>,
+}
+
+impl ClientCertificate {
+    /// The certificate of a verified TLS peer's chain, if it is a mesh certificate.
+    pub fn of(chain: &[rustls::pki_types::CertificateDer<'_>]) -> Option<ClientCertificate> {
+        Some(ClientCertificate {
+            id: ieum_identity::peer_identity(chain)?,
+            enrolled_by: ieum_identity::enrolled_by(chain),
+        })
+    }
+
+    /// The caller it makes: a service's certificate acts as that service's `sidecar`, a
+    /// gateway's as that `gateway`, named by its SPIFFE id. The server's own (`system:*`)
+    /// identities never act over the API.
+    fn caller(&self) -> Option<Caller> {
+        let (role, service) = match self.id.workload() {
+            ieum_identity::Workload::Service(name) => (Role::Sidecar, name.to_string()),
+            ieum_identity::Workload::Gateway(name) => (Role::Gateway, name.to_string()),
+            ieum_identity::Workload::System(_) => return None,
+        };
+        Some(Caller {
+            name: self.id.uri(),
+            role,
+            service: Some(service),
+            credential: Credential::Certificate {
+                enrolled_by: self.enrolled_by.clone(),
+            },
+        })
+    }
 }
 
 /// What a request without a token may do; a request with one is always checked.
@@ -479,7 +534,11 @@ pub(crate) async fn authorize(State(guard): State<Guard>, req: Request, next: Ne
     }
     let method = req.method().clone();
     let caller = match credential(&req) {
-        Ok(None) => None,
+        // Without a token, a mesh certificate on the HTTPS listener says who calls.
+        Ok(None) => req
+            .extensions()
+            .get::<ClientCertificate>()
+            .and_then(ClientCertificate::caller),
         Err(why) => return offer_login(&method, unauthorized("E1011", why, true)),
         Ok(Some(secret)) => match guard.caller(&secret).await {
             Ok(c) => Some(c),
@@ -618,6 +677,7 @@ impl Guard {
                 name: name.into(),
                 role,
                 service: None,
+                credential: Credential::Token,
             });
         }
         self.tokens.verify(secret, self.registry.now()).await

@@ -47,7 +47,7 @@ pub mod tokens;
 mod topics;
 
 pub use api::INDEX_HEADER;
-pub use auth::{Auth, Author, Caller, Permission, Role};
+pub use auth::{Auth, Author, Caller, ClientCertificate, Credential, Permission, Role};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use openapi::openapi;
 
@@ -106,8 +106,8 @@ pub fn router_with_mesh(
             state.shutdown.clone(),
         ))
         .merge(ieum_ui::sagas_router(sagas))
-        .merge(tokens::routes(tokens, state.registry.clone()))
-        .merge(mesh::routes(mesh))
+        .merge(tokens::routes(tokens.clone(), state.registry.clone()))
+        .merge(mesh::routes(mesh, tokens, state.registry.clone()))
         .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
@@ -218,7 +218,7 @@ pub async fn serve_tls(
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let builder = builder.clone();
-        let service = TowerToHyperService::new(app.clone());
+        let app = app.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let handshake =
@@ -234,6 +234,22 @@ pub async fn serve_tls(
                     return;
                 }
             };
+            // A client's mesh certificate (verified in the handshake) goes with each of
+            // the connection's requests: an enrolled sidecar needs no token.
+            let certificate = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(ClientCertificate::of);
+            let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+                app,
+                move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    if let Some(c) = &certificate {
+                        req.extensions_mut().insert(c.clone());
+                    }
+                    req
+                },
+            ));
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -18,9 +18,13 @@ use axum::{Extension, Router, routing::get, routing::post};
 use ieum_identity::{Ca, SpiffeId, Workload};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{Caller, Role};
+use axum::response::{IntoResponse, Response};
+use ieum_registry::Registry;
+
+use crate::auth::{Caller, Credential, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::JsonBody;
+use crate::tokens::Tokens;
 
 /// Default lifetime of an issued certificate.
 pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -105,11 +109,17 @@ pub struct IssuedCertificate {
 }
 
 /// The routes; `mesh` is `None` on servers without a CA (the routes answer 404 saying so).
-pub(crate) fn routes<S: Clone + Send + Sync + 'static>(mesh: Option<Mesh>) -> Router<S> {
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>(
+    mesh: Option<Mesh>,
+    tokens: Tokens,
+    registry: Registry,
+) -> Router<S> {
     Router::new()
         .route("/v1/mesh", get(info))
         .route("/v1/certificates", post(issue))
         .layer(Extension(mesh.map(Arc::new)))
+        .layer(Extension(tokens))
+        .layer(Extension(registry))
 }
 
 fn no_ca() -> ApiError {
@@ -143,8 +153,38 @@ pub(crate) async fn info(
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn issue(
     Extension(mesh): Extension<Option<Arc<Mesh>>>,
+    Extension(tokens): Extension<Tokens>,
+    Extension(registry): Extension<Registry>,
+    caller: Option<Extension<Caller>>,
+    body: JsonBody<CertificateRequest>,
+) -> Result<(StatusCode, Json<IssuedCertificate>), Response> {
+    // A renewal with the certificate alone goes on only while the token that enrolled it
+    // is valid: revoking that token stops renewals.
+    let enrolled_by = match caller.as_ref().map(|Extension(c)| c) {
+        None => None,
+        Some(Caller {
+            credential: Credential::Token,
+            name,
+            ..
+        }) => Some(name.clone()),
+        Some(Caller {
+            credential: Credential::Certificate { enrolled_by },
+            ..
+        }) => {
+            if let Some(token) = enrolled_by {
+                tokens.still_valid(token, registry.now()).await?;
+            }
+            enrolled_by.clone()
+        }
+    };
+    issue_for(mesh, caller, body, enrolled_by.as_deref()).map_err(IntoResponse::into_response)
+}
+
+fn issue_for(
+    mesh: Option<Arc<Mesh>>,
     caller: Option<Extension<Caller>>,
     JsonBody(req): JsonBody<CertificateRequest>,
+    enrolled_by: Option<&str>,
 ) -> Result<(StatusCode, Json<IssuedCertificate>), ApiError> {
     let mesh = mesh.ok_or_else(no_ca)?;
     let workload = Workload::parse_principal(&req.workload).map_err(|e| {
@@ -167,7 +207,7 @@ pub(crate) async fn issue(
     let id = SpiffeId::new(mesh.ca.trust_domain().clone(), workload);
     let issued = mesh
         .ca
-        .issue(&req.csr, &id, mesh.ttl)
+        .issue_enrolled(&req.csr, &id, mesh.ttl, enrolled_by)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "E1604", e.to_string()).field("csr"))?;
     Ok((
         StatusCode::CREATED,

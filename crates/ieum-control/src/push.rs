@@ -77,6 +77,12 @@ impl Push for PushService {
         &self,
         request: Request<Streaming<ClientMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        // A sidecar's token (or certificate) is for one service: its stream follows that one.
+        let own = request
+            .extensions()
+            .get::<crate::auth::Caller>()
+            .filter(|c| c.role == crate::auth::Role::Sidecar)
+            .and_then(|c| c.service.clone().map(|s| (c.name.clone(), s)));
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -96,6 +102,15 @@ impl Push for PushService {
         check_names(&hello.calls, "calls")?;
         if !hello.service.is_empty() {
             check_names(std::slice::from_ref(&hello.service), "service")?;
+        }
+        if let Some((name, own)) = own
+            && !hello.service.is_empty()
+            && hello.service != own
+        {
+            return Err(Status::permission_denied(format!(
+                "`{name}` acts for service `{own}` only, and this stream says hello as `{}`: use that service's own join token",
+                hello.service
+            )));
         }
         let (tx, rx) = mpsc::channel(256);
         let session = Session::new(self.registry.clone(), &hello);

@@ -15,14 +15,14 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use axum::{Extension, Json, Router};
-use ieum_model::{Duration, Name, Timestamp, ValidationError};
+use ieum_model::{Duration, EventKind, Name, Timestamp, ValidationError};
 use ieum_registry::Registry;
 use ieum_store::{Store, StoreError, StoredToken};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::auth::{Author, Caller, Role, same, unauthorized};
+use crate::auth::{Author, Caller, Credential, Role, same, unauthorized};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::JsonBody;
 
@@ -73,9 +73,8 @@ impl Tokens {
         self.cache.lock().await.loaded = None;
     }
 
-    /// The holder of `secret` at `now`, or the `401` that refuses it.
-    pub(crate) async fn verify(&self, secret: &str, now: Timestamp) -> Result<Caller, Response> {
-        let hash = sha256(secret.as_bytes());
+    /// The known tokens, re-read from the store when the cache is older than [`REFRESH`].
+    async fn fresh(&self) -> Result<tokio::sync::MutexGuard<'_, Cache>, Response> {
         let mut cache = self.cache.lock().await;
         if cache.loaded.is_none_or(|at| at.elapsed() >= REFRESH) {
             match self.store.tokens().await {
@@ -98,6 +97,13 @@ impl Tokens {
                 }
             }
         }
+        Ok(cache)
+    }
+
+    /// The holder of `secret` at `now`, or the `401` that refuses it.
+    pub(crate) async fn verify(&self, secret: &str, now: Timestamp) -> Result<Caller, Response> {
+        let hash = sha256(secret.as_bytes());
+        let cache = self.fresh().await?;
         // Compare with every token, in constant time each, whatever matches first.
         let mut found = None;
         for e in &cache.entries {
@@ -113,34 +119,60 @@ impl Tokens {
             ));
         };
         let t = &e.token;
-        if let Some(at) = t.revoked_at {
-            return Err(unauthorized(
-                "E1014",
-                format!(
-                    "the token `{}` was revoked at {at}: ask an admin for a new one",
-                    t.name
-                ),
-                true,
-            ));
-        }
-        if let Some(at) = t.expires_at
-            && now >= at
-        {
-            return Err(unauthorized(
-                "E1013",
-                format!(
-                    "the token `{}` expired at {at}: ask an admin for a new one",
-                    t.name
-                ),
-                true,
-            ));
+        if let Some(refused) = refusal(t, now) {
+            return Err(refused);
         }
         Ok(Caller {
             name: t.name.clone(),
             role: e.role,
             service: t.service.clone(),
+            credential: Credential::Token,
         })
     }
+
+    /// Whether the token named `name` is still usable at `now` (known, not revoked, not
+    /// expired): a certificate it asked for is renewed with the certificate alone only
+    /// while it is. The `401` says why not.
+    pub(crate) async fn still_valid(&self, name: &str, now: Timestamp) -> Result<(), Response> {
+        let cache = self.fresh().await?;
+        let Some(e) = cache.entries.iter().find(|e| e.token.name == name) else {
+            return Err(unauthorized(
+                "E1023",
+                format!(
+                    "the token `{name}` that enrolled this certificate no longer exists: enrol                      again with a new join token"
+                ),
+                true,
+            ));
+        };
+        refusal(&e.token, now).map_or(Ok(()), Err)
+    }
+}
+
+/// The `401` that refuses a revoked or expired token; `None` for a usable one.
+fn refusal(t: &StoredToken, now: Timestamp) -> Option<Response> {
+    if let Some(at) = t.revoked_at {
+        return Some(unauthorized(
+            "E1014",
+            format!(
+                "the token `{}` was revoked at {at}: ask an admin for a new one",
+                t.name
+            ),
+            true,
+        ));
+    }
+    if let Some(at) = t.expires_at
+        && now >= at
+    {
+        return Some(unauthorized(
+            "E1013",
+            format!(
+                "the token `{}` expired at {at}: ask an admin for a new one",
+                t.name
+            ),
+            true,
+        ));
+    }
+    None
 }
 
 fn entry(token: StoredToken) -> Option<Entry> {
@@ -445,6 +477,20 @@ pub(crate) async fn create(
     }
     api.tokens.forget().await;
     tracing::info!(token = %token.name, role = %token.role, by = %token.created_by, "API token created");
+    let expiry = token
+        .expires_at
+        .map_or_else(|| "never expires".to_owned(), |at| format!("expires {at}"));
+    audit(
+        &api.registry,
+        EventKind::TokenCreated,
+        &token,
+        format!(
+            "{} token `{}` created by {} ({expiry})",
+            token.role, token.name, token.created_by
+        ),
+        &token.created_by,
+    )
+    .await;
     let join_token = match (role, api.tokens.ca_hash()) {
         (Role::Sidecar | Role::Gateway, Some(hash)) => Some(
             ieum_identity::JoinToken {
@@ -525,7 +571,43 @@ pub(crate) async fn revoke(
         })?;
     api.tokens.forget().await;
     tracing::info!(token = %name, by = %author.0, "API token revoked");
+    if target.revoked_at.is_none() {
+        audit(
+            &api.registry,
+            EventKind::TokenRevoked,
+            &revoked,
+            format!(
+                "{} token `{name}` revoked by {}: it no longer authenticates, and certificates it enrolled are not renewed",
+                revoked.role, author.0
+            ),
+            &author.0,
+        )
+        .await;
+    }
     Ok(Json(TokenView::new(revoked, now)))
+}
+
+/// Records a token's creation or revocation on its service's timeline (the global one for
+/// tokens without a service). The token is already stored: a failure here is logged.
+async fn audit(
+    registry: &Registry,
+    kind: EventKind,
+    token: &StoredToken,
+    message: String,
+    author: &str,
+) {
+    let data = serde_json::json!({
+        "token": token.name,
+        "role": token.role,
+        "service": token.service,
+        "expiresAt": token.expires_at,
+    });
+    if let Err(e) = registry
+        .record_event(kind, token.service.as_deref(), message, author, data)
+        .await
+    {
+        tracing::warn!(token = %token.name, error = %e, "cannot record the token's {kind} event");
+    }
 }
 
 #[cfg(test)]

@@ -26,7 +26,8 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 use crate::ca::{ServerCertificate, fingerprint};
-use crate::mesh::ALPN;
+use crate::mesh::{ALPN, ClientAuth, Identity};
+use crate::spiffe::TrustDomain;
 
 /// The prefix of a join token: `ieum1.<ca-sha256-hex>.<secret>`.
 pub const JOIN_TOKEN_PREFIX: &str = "ieum1";
@@ -63,6 +64,9 @@ pub enum BootstrapError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    /// The mesh roots cannot verify clients.
+    #[error("mesh client verification: {0}")]
+    Mesh(#[from] crate::mesh::ConfigError),
 }
 
 /// A join token: the secret a sidecar or gateway presents, and the hash of the CA that
@@ -201,21 +205,34 @@ impl ServerTrust {
     /// `h2` and `http/1.1`, no client certificate): the server's chain must verify against
     /// this trust, and its certificate must name the address or DNS name connected to.
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, BootstrapError> {
+        self.client_config_as(None)
+    }
+
+    /// [`ServerTrust::client_config`] presenting `identity`'s certificate (the current one
+    /// at each handshake), so a workload that has enrolled authenticates to the server
+    /// with its certificate instead of a token.
+    pub fn client_config_as(
+        &self,
+        identity: Option<&Identity>,
+    ) -> Result<Arc<ClientConfig>, BootstrapError> {
         let provider = crate::provider();
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?;
-        let mut config = match self {
-            ServerTrust::Roots(roots) => builder
-                .with_root_certificates(roots.clone())
-                .with_no_client_auth(),
-            ServerTrust::Pin(hash) => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
-                    pin: hash.to_ascii_lowercase(),
-                    algorithms: provider.signature_verification_algorithms,
-                    provider: provider.clone(),
-                }))
-                .with_no_client_auth(),
+        let builder = match self {
+            ServerTrust::Roots(roots) => builder.with_root_certificates(roots.clone()),
+            ServerTrust::Pin(hash) => {
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+                        pin: hash.to_ascii_lowercase(),
+                        algorithms: provider.signature_verification_algorithms,
+                        provider: provider.clone(),
+                    }))
+            }
+        };
+        let mut config = match identity {
+            Some(identity) => builder.with_client_cert_resolver(Arc::new(identity.clone())),
+            None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
@@ -334,13 +351,23 @@ impl ResolvesServerCert for ServerKey {
     }
 }
 
-/// The configuration of the server's HTTPS listener: presents `key`, asks for no client
-/// certificate (clients authenticate with tokens), ALPN `h2` and `http/1.1`.
-pub fn api_server_config(key: &ServerKey) -> Result<Arc<ServerConfig>, BootstrapError> {
-    let mut config = ServerConfig::builder_with_provider(crate::provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(key.clone()));
+/// The configuration of the server's HTTPS listener: presents `key`, ALPN `h2` and
+/// `http/1.1`. With `mesh` (the CA's roots and trust domain), a client may present a mesh
+/// certificate instead of a token (an enrolled sidecar or gateway; read it with
+/// [`crate::peer_identity`]); a client without one authenticates with a token as before.
+pub fn api_server_config(
+    key: &ServerKey,
+    mesh: Option<(Arc<RootCertStore>, TrustDomain)>,
+) -> Result<Arc<ServerConfig>, BootstrapError> {
+    let builder = ServerConfig::builder_with_provider(crate::provider())
+        .with_safe_default_protocol_versions()?;
+    let builder = match mesh {
+        Some((roots, trust_domain)) => builder.with_client_cert_verifier(
+            crate::mesh::mesh_client_verifier(roots, trust_domain, ClientAuth::Optional)?,
+        ),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(key.clone()));
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }

@@ -376,6 +376,21 @@ impl Ca {
         self.issue_at(csr_pem, id, ttl, SystemTime::now())
     }
 
+    /// [`Ca::issue`] recording in the certificate the API token that asked for it
+    /// (`enrolled_by`, a token name): a workload that later renews with the certificate
+    /// alone is renewed only while that token is still valid, so revoking the token stops
+    /// renewals. The name is the subject's organizational unit `token:NAME`; read it with
+    /// [`crate::enrolled_by`].
+    pub fn issue_enrolled(
+        &self,
+        csr_pem: &str,
+        id: &SpiffeId,
+        ttl: Duration,
+        enrolled_by: Option<&str>,
+    ) -> Result<Issued, CaError> {
+        self.issue_with(csr_pem, id, ttl, SystemTime::now(), enrolled_by)
+    }
+
     /// [`Ca::issue`] as if the time were `now`: validity from `now` minus [`CLOCK_SKEW`]
     /// to `now + ttl`. For a server whose wall clock is a `Clock`, and for tests of expired
     /// and not-yet-valid certificates.
@@ -385,6 +400,17 @@ impl Ca {
         id: &SpiffeId,
         ttl: Duration,
         now: SystemTime,
+    ) -> Result<Issued, CaError> {
+        self.issue_with(csr_pem, id, ttl, now, None)
+    }
+
+    fn issue_with(
+        &self,
+        csr_pem: &str,
+        id: &SpiffeId,
+        ttl: Duration,
+        now: SystemTime,
+        enrolled_by: Option<&str>,
     ) -> Result<Issued, CaError> {
         if id.trust_domain() != &self.trust_domain {
             return Err(CaError::ForeignTrustDomain {
@@ -396,6 +422,12 @@ impl Ca {
         let (not_before, not_after) = self.validity(now, ttl)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = subject(&id.principal());
+        if let Some(token) = enrolled_by {
+            params.distinguished_name.push(
+                DnType::OrganizationalUnitName,
+                format!("{ENROLLED_BY}{token}"),
+            );
+        }
         params.subject_alt_names = vec![SanType::URI(ia5(id.uri()).map_err(|e| {
             CaError::Crypto {
                 what: "encoding the SPIFFE id",
@@ -605,6 +637,9 @@ fn csr_public_key(csr_pem: &str) -> Result<rcgen::SubjectPublicKeyInfo, CaError>
 
 /// The subject of the certificates made here: `O=ieum, CN=common_name`. Peers are
 /// identified by the URI SAN; the subject is for people reading the certificate.
+/// The prefix of the subject's organizational unit that names the enrolling token.
+pub(crate) const ENROLLED_BY: &str = "token:";
+
 fn subject(common_name: &str) -> DistinguishedName {
     let mut name = DistinguishedName::new();
     name.push(DnType::OrganizationName, "ieum");

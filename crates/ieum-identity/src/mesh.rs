@@ -339,7 +339,25 @@ pub fn server_config(
         return Err(ConfigError::NoRoots);
     }
     let provider = crate::provider();
-    let builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+    let verifier = mesh_client_verifier(roots, identity.id().trust_domain().clone(), client_auth)?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(identity.clone()));
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// Verifies a client's certificate as a mesh peer: chained to `roots`, with a SPIFFE id of
+/// `trust_domain`; with [`ClientAuth::Optional`], a client may also present none.
+pub(crate) fn mesh_client_verifier(
+    roots: Arc<RootCertStore>,
+    trust_domain: TrustDomain,
+    client_auth: ClientAuth,
+) -> Result<Arc<dyn ClientCertVerifier>, ConfigError> {
+    let builder = WebPkiClientVerifier::builder_with_provider(roots, crate::provider());
     let builder = match client_auth {
         ClientAuth::Required => builder,
         ClientAuth::Optional => builder.allow_unauthenticated(),
@@ -347,18 +365,10 @@ pub fn server_config(
     let inner = builder
         .build()
         .map_err(|e| ConfigError::Roots(format!("cannot verify clients ({e})")))?;
-    let verifier = MeshClientVerifier {
+    Ok(Arc::new(MeshClientVerifier {
         inner,
-        trust_domain: identity.id().trust_domain().clone(),
-    };
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(verifier))
-        .with_cert_resolver(Arc::new(identity.clone()));
-    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-    config.session_storage = Arc::new(NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
-    Ok(Arc::new(config))
+        trust_domain,
+    }))
 }
 
 /// The configuration of a mesh connector (a sidecar's outbound side): presents `identity`
@@ -401,6 +411,16 @@ pub fn client_config(
 pub fn peer_identity(certs: &[CertificateDer<'_>]) -> Option<SpiffeId> {
     let leaf = certs.first()?;
     crate::x509::leaf(leaf).ok().map(|leaf| leaf.id)
+}
+
+/// The API token that asked for a peer's certificate (see [`crate::Ca::issue_enrolled`]),
+/// from the chain it presented; `None` when none did (issued on a loopback server without
+/// a token, or by the server for itself). Use it on a chain the configuration has verified.
+pub fn enrolled_by(certs: &[CertificateDer<'_>]) -> Option<String> {
+    let leaf = certs.first()?;
+    crate::x509::leaf(leaf)
+        .ok()
+        .and_then(|leaf| leaf.enrolled_by)
 }
 
 /// A trust store of the certificates in `pem` (the mesh CA's `ca.pem`, or several roots

@@ -19,6 +19,8 @@ pub(crate) struct Leaf {
     pub(crate) not_before: SystemTime,
     /// The end of validity.
     pub(crate) not_after: SystemTime,
+    /// The API token that asked for it (see [`crate::Ca::issue_enrolled`]).
+    pub(crate) enrolled_by: Option<String>,
 }
 
 /// Reads a workload certificate: it must carry exactly one URI SAN, a SPIFFE id of the
@@ -43,6 +45,12 @@ pub(crate) fn leaf(cert: &CertificateDer<'_>) -> Result<Leaf, String> {
         public_key: parsed.public_key().raw.to_vec(),
         not_before: system_time(parsed.validity().not_before.timestamp()),
         not_after: system_time(parsed.validity().not_after.timestamp()),
+        enrolled_by: parsed
+            .subject()
+            .iter_organizational_unit()
+            .filter_map(|ou| ou.as_str().ok())
+            .find_map(|ou| ou.strip_prefix(crate::ca::ENROLLED_BY))
+            .map(str::to_owned),
     })
 }
 

@@ -47,6 +47,8 @@ struct Outcome {
     server: io::Result<Vec<CertificateDer<'static>>>,
     /// The ALPN protocol agreed, as the client saw it.
     alpn: Option<Vec<u8>>,
+    /// The cipher suite agreed, as the client saw it.
+    suite: Option<rustls::CipherSuite>,
 }
 
 impl Outcome {
@@ -114,25 +116,27 @@ async fn connect(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> Outcom
             .unwrap_or_default()
             .to_vec();
         let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        let suite = tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
         let mut buf = [0u8; 2];
         tls.read_exact(&mut buf).await?;
         tls.write_all(b"hi").await?;
         tls.flush().await?;
-        Ok((peer, alpn))
+        Ok((peer, alpn, suite))
     };
     let (server, client) = tokio::time::timeout(Duration::from_secs(10), async {
         tokio::join!(accept, dial)
     })
     .await
     .expect("the handshake should finish or fail, not hang");
-    let (client, alpn) = match client {
-        Ok((peer, alpn)) => (Ok(peer), alpn),
-        Err(e) => (Err(e), None),
+    let (client, alpn, suite) = match client {
+        Ok((peer, alpn, suite)) => (Ok(peer), alpn, suite),
+        Err(e) => (Err(e), None, None),
     };
     Outcome {
         client,
         server,
         alpn,
+        suite,
     }
 }
 
@@ -150,6 +154,11 @@ async fn two_workloads_of_one_ca_speak_mtls_both_ways_and_see_each_other() {
     assert_eq!(out.client_saw(), Some(service("stock")));
     assert_eq!(out.server_saw(), Some(service("orders")));
     assert_eq!(out.alpn.as_deref(), Some(&b"h2"[..]));
+    // TLS 1.3 with AES-128-GCM: the cheapest suite of the mesh's security level.
+    assert_eq!(
+        out.suite,
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
     // Each side presents its chain: leaf, root.
     assert_eq!(out.client.as_ref().unwrap(), stock.current().chain());
 

@@ -65,11 +65,19 @@ pub enum EventKind {
     /// default); reported as samples with the caller, request, policy, rule and count.
     #[serde(rename = "authz.denied")]
     AuthzDenied,
+    /// An API token was created (on its service's timeline when it is bound to one); the
+    /// author is who created it, the data its name, role and expiry, never the secret.
+    #[serde(rename = "token.created")]
+    TokenCreated,
+    /// An API token was revoked: it no longer authenticates, and certificates it enrolled
+    /// are no longer renewed.
+    #[serde(rename = "token.revoked")]
+    TokenRevoked,
 }
 
 impl EventKind {
     /// Every kind, for documentation and filters.
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::ServiceCreated,
         EventKind::ServiceUpdated,
         EventKind::InstanceRegistered,
@@ -87,6 +95,8 @@ impl EventKind {
         EventKind::EventDeadLettered,
         EventKind::EventDropped,
         EventKind::AuthzDenied,
+        EventKind::TokenCreated,
+        EventKind::TokenRevoked,
     ];
 
     /// The dotted name, e.g. `instance.down`.
@@ -109,6 +119,8 @@ impl EventKind {
             EventKind::EventDeadLettered => "event.dead_lettered",
             EventKind::EventDropped => "event.dropped",
             EventKind::AuthzDenied => "authz.denied",
+            EventKind::TokenCreated => "token.created",
+            EventKind::TokenRevoked => "token.revoked",
         }
     }
 

@@ -322,6 +322,20 @@ impl InstanceRegistration {
         );
         if let Some(check) = &self.check {
             v.nested("check", |v| check.validate(v));
+            // Behind a sidecar with a mesh identity the port answers mTLS only: the
+            // sidecar reports the app's health itself (heartbeats, `up`/`down`).
+            v.check(
+                !self.metadata.contains_key("identity")
+                    || matches!(check.kind(), Some(CheckKind::Tcp) | None),
+                "E1216",
+                "check",
+                || {
+                    "this instance has a mesh identity (metadata.identity), so its port answers \
+                     mTLS only and the server cannot run an HTTP or gRPC check on it: its sidecar \
+                     reports its health with heartbeats; leave `check` out, or use `check.tcp`"
+                        .into()
+                },
+            );
         }
     }
 }
@@ -498,6 +512,24 @@ mod tests {
                 "E1204 check.timeout",
             ]
         );
+    }
+
+    #[test]
+    fn an_instance_with_a_mesh_identity_takes_only_tcp_checks() {
+        let mut reg: InstanceRegistration = serde_json::from_str(
+            r#"{"address": "10.0.0.1", "port": 7711, "check": {"http": "/healthz"},
+                "metadata": {"identity": "spiffe://ieum.local/svc/orders"}}"#,
+        )
+        .unwrap();
+        assert_eq!(errors(&reg), ["E1216 check"]);
+        reg.check = Some(serde_json::from_str(r#"{"grpc": ""}"#).unwrap());
+        assert_eq!(errors(&reg), ["E1216 check"]);
+        reg.check = Some(serde_json::from_str(r#"{"tcp": true}"#).unwrap());
+        assert!(errors(&reg).is_empty());
+        // Without an identity, an HTTP check is fine.
+        reg.metadata.clear();
+        reg.check = Some(serde_json::from_str(r#"{"http": "/healthz"}"#).unwrap());
+        assert!(errors(&reg).is_empty());
     }
 
     #[test]

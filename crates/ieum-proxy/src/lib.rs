@@ -64,6 +64,8 @@
 //! - `outbound`: which service a request is for (absolute-form proxy request, `Host`, or
 //!   the path form `/v1/invoke/SERVICE/PATH` for requests addressed to the listener
 //!   itself), route selection and filters, then the destination's stack; egress.
+//! - `control`: the app's saga and flow starts, forwarded to the server under the
+//!   sidecar's credentials.
 //! - `config`: the effective configuration read from the client's snapshot: routes
 //!   compiled for matching, policy precedence, and the typed stack configuration.
 //! - `dest`: one `ieum_resilience::stack::client` per route rule and backend (service and
@@ -119,6 +121,7 @@ mod body;
 mod breakers;
 mod bridge;
 mod config;
+mod control;
 mod dest;
 mod inbound;
 mod metrics;
@@ -295,6 +298,9 @@ pub(crate) struct Shared {
     tcp_forwards: Vec<Arc<tcp::Forward>>,
     /// Publish, subscriptions and bindings.
     bridge: bridge::Bridge,
+    /// The server this sidecar follows, for the app's saga and flow starts (set by
+    /// [`Sidecar::link_server`]).
+    server: std::sync::OnceLock<control::ServerLink>,
     /// See [`SidecarConfig::enforce_mesh_identity`]: on with a mesh.
     enforce_mesh_identity: bool,
     /// Whether the own `Service` says `mtls: permissive` (from the snapshot): plain-text
@@ -484,6 +490,7 @@ impl Sidecar {
             tracer,
             tcp_forwards,
             bridge: bridge::Bridge::new(&snapshot, &service, stop.child_token()),
+            server: std::sync::OnceLock::new(),
             enforce_mesh_identity: config.enforce_mesh_identity || config.mesh.is_some(),
             mtls_permissive: AtomicBool::new(mtls::permissive(&snapshot, &service)),
             identity: config.mesh.map(|m| m.identity),
@@ -632,22 +639,31 @@ impl Sidecar {
         self.shared.breakers.subscribe()
     }
 
-    /// Sends `type: memory` PubSubs to the server at `url` (with its bearer `token`), which
-    /// hosts them for every sidecar, so services in different processes share them.
-    /// Call it right after [`Sidecar::start`], before the app publishes; without it a
-    /// `memory` PubSub lives in this process only.
-    /// `tls` verifies an `https://` server (bootstrap trust).
-    pub fn host_memory_pubsubs(
+    /// Links the sidecar to the server at `url` it follows, reached with its bearer `token`
+    /// (none once it authenticates with its certificate, which `tls` presents; `tls` also
+    /// verifies an `https://` server). From then on `type: memory` PubSubs are hosted by
+    /// that server, so services in different processes share them, and the app's saga and
+    /// flow starts (`POST /v1/sagas/NAME/executions`, `POST /v1/flows/NAME` on the
+    /// outbound listener) go to it under the sidecar's credentials. Call it right after
+    /// [`Sidecar::start`], before the app starts; without it a `memory` PubSub lives in
+    /// this process only and starts answer 503. Once only; the error says what to fix.
+    pub fn link_server(
         &self,
         url: &str,
         token: Option<String>,
         tls: Option<Arc<rustls::ClientConfig>>,
-    ) {
-        self.shared.bridge.set_memory_host(ieum_bridge::MemoryHost {
+    ) -> Result<(), String> {
+        let host = ieum_bridge::MemoryHost {
             url: url.to_owned(),
             token,
             tls,
-        });
+        };
+        let link = control::ServerLink::new(&host)?;
+        if self.shared.server.set(link).is_err() {
+            return Err("the sidecar is already linked to a server".to_owned());
+        }
+        self.shared.bridge.set_memory_host(host);
+        Ok(())
     }
 
     /// Activates subscriptions (call it once the app is healthy, before registering):

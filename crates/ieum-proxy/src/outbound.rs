@@ -254,13 +254,17 @@ async fn own_api(shared: &Arc<Shared>, mut req: Request<Incoming>) -> Response<P
     if crate::bridge::is_bridge_path(req.uri().path()) {
         return crate::bridge::own_api(shared, req).await;
     }
+    if crate::control::is_control_path(req.method(), req.uri().path()) {
+        return crate::control::forward(shared, req).await;
+    }
     let Some(rest) = req.uri().path().strip_prefix(INVOKE) else {
         return local(
             StatusCode::NOT_FOUND,
             "not-found",
             "this is the ieum sidecar: call http://SERVICE/PATH through it as an HTTP proxy, \
              with `Host: SERVICE`, or as /v1/invoke/SERVICE/PATH; publish events with \
-             POST /v1/publish/PUBSUB/TOPIC or POST /v1/bindings/NAME\n"
+             POST /v1/publish/PUBSUB/TOPIC or POST /v1/bindings/NAME; start sagas and \
+             flows with POST /v1/sagas/NAME/executions and POST /v1/flows/NAME\n"
                 .to_owned(),
         );
     };
@@ -291,7 +295,7 @@ async fn own_api(shared: &Arc<Shared>, mut req: Request<Incoming>) -> Response<P
 }
 
 /// A short text answer made by the sidecar itself.
-fn local(status: StatusCode, reason: &'static str, body: String) -> Response<ProxyBody> {
+pub(crate) fn local(status: StatusCode, reason: &'static str, body: String) -> Response<ProxyBody> {
     let mut res = Response::new(text(body));
     *res.status_mut() = status;
     let h = res.headers_mut();

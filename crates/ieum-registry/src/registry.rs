@@ -1387,6 +1387,31 @@ impl Registry {
         Ok(())
     }
 
+    /// Records an event that no other change carries (token creation and revocation), on
+    /// `service`'s timeline or the global one; returns once it is stored.
+    pub async fn record_event(
+        &self,
+        kind: EventKind,
+        service: Option<&str>,
+        message: String,
+        author: &str,
+        data: serde_json::Value,
+    ) -> Result<(), RegistryError> {
+        let core = &self.core;
+        let now = core.clock.now();
+        let rx = core.send_acked(vec![Change::Event(ieum_store::NewEvent {
+            time: now,
+            kind,
+            service: service.map(str::to_owned),
+            instance: None,
+            message,
+            author: author.to_owned(),
+            data,
+        })]);
+        core.wait(rx).await?;
+        Ok(())
+    }
+
     /// Identifies this registry's lifetime (its start time): change indexes compare only
     /// within one epoch, because they restart when the server does.
     pub fn epoch(&self) -> String {

@@ -80,9 +80,10 @@ fn kind_class(kind: EventKind) -> &'static str {
         | EventKind::EventDeadLettered
         | EventKind::EventDropped
         | EventKind::AuthzDenied => "bad",
-        EventKind::InstanceDraining | EventKind::BreakerChanged | EventKind::ConfigChanged => {
-            "warn"
-        }
+        EventKind::InstanceDraining
+        | EventKind::BreakerChanged
+        | EventKind::ConfigChanged
+        | EventKind::TokenRevoked => "warn",
         EventKind::InstanceUp | EventKind::InstanceRegistered | EventKind::ProtectionLeft => "ok",
         _ => "idle",
     }
@@ -114,7 +115,14 @@ pub(crate) fn kind_filter(base: &str, current: &[EventKind]) -> Markup {
             "events",
             &[EventKind::EventDeadLettered, EventKind::EventDropped],
         ),
-        ("authorization", &[EventKind::AuthzDenied]),
+        (
+            "authorization",
+            &[
+                EventKind::AuthzDenied,
+                EventKind::TokenCreated,
+                EventKind::TokenRevoked,
+            ],
+        ),
         (
             "configuration",
             &[

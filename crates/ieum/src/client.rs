@@ -82,6 +82,8 @@ pub(crate) struct Client {
     /// For an `https://` server: the TLS configuration that verifies it (ALPN `h2` and
     /// `http/1.1`), for the push stream.
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// What verifies an `https://` server.
+    trust: Option<ieum_identity::ServerTrust>,
 }
 
 impl Client {
@@ -94,7 +96,16 @@ impl Client {
             .map_err(|e| Failure::Usage(e.to_string()))?;
         let trust = ieum_identity::ServerTrust::required(server, trust.as_ref())
             .map_err(|e| Failure::Usage(e.to_string()))?;
-        let tls = trust.map(|t| t.client_config()).transpose()?;
+        let tls = trust.as_ref().map(|t| t.client_config()).transpose()?;
+        Client::build(server, token, tls, trust)
+    }
+
+    fn build(
+        server: &str,
+        token: Option<String>,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+        trust: Option<ieum_identity::ServerTrust>,
+    ) -> anyhow::Result<Client> {
         let mut builder = reqwest::Client::builder().no_proxy();
         if let Some(tls) = &tls {
             // This client speaks HTTP/1.1 only.
@@ -108,7 +119,28 @@ impl Client {
             token,
             http,
             tls,
+            trust,
         })
+    }
+
+    /// For an `https://` server, a client that authenticates with `identity`'s certificate
+    /// (the current one at each handshake) and sends no token: what an enrolled workload
+    /// uses from then on. `None` for `http://` (a loopback server, where no certificate
+    /// can be shown; the token, if any, goes on being sent).
+    pub(crate) fn as_workload(
+        &self,
+        identity: &ieum_identity::Identity,
+    ) -> anyhow::Result<Option<Client>> {
+        let Some(trust) = &self.trust else {
+            return Ok(None);
+        };
+        let tls = trust.client_config_as(Some(identity))?;
+        Client::build(&self.base, None, Some(tls), Some(trust.clone())).map(Some)
+    }
+
+    /// The bearer token this client sends, if any.
+    pub(crate) fn token(&self) -> Option<String> {
+        self.token.clone()
     }
 
     /// The TLS configuration that verifies an `https://` server (`None` for `http://`).
@@ -164,6 +196,15 @@ impl Client {
     }
 
     pub(crate) fn unreachable(&self, e: &reqwest::Error) -> Failure {
+        // A server that fails verification will not pass it by waiting: say so at once.
+        if refused_by_tls(e) {
+            return Failure::Usage(format!(
+                "the ieum server at {} failed TLS verification ({}): check IEUM_CA_FILE or \
+                 the join token's CA hash",
+                self.base,
+                root_cause(e)
+            ));
+        }
         Failure::Unreachable(format!(
             "cannot reach the ieum server at {} ({}): start one with `ieum server --dev`, or point --server / IEUM_SERVER at it",
             self.base,
@@ -194,6 +235,42 @@ impl Client {
     pub(crate) async fn stream(&self, path: &str) -> Result<reqwest::Response, Failure> {
         self.send(Method::GET, path, None::<&()>).await
     }
+}
+
+/// Whether `e` comes from a refused certificate (the server's, or ours by the server):
+/// a fault of configuration, not of reachability.
+fn refused_by_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if matches!(
+            as_rustls(err),
+            Some(
+                rustls::Error::InvalidCertificate(_)
+                    // What ieum's own verifiers refuse with (a join token's pin).
+                    | rustls::Error::General(_)
+                    | rustls::Error::AlertReceived(
+                        rustls::AlertDescription::BadCertificate
+                            | rustls::AlertDescription::UnknownCA
+                            | rustls::AlertDescription::CertificateExpired
+                            | rustls::AlertDescription::CertificateRevoked
+                            | rustls::AlertDescription::AccessDenied
+                    )
+            )
+        ) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The rustls error `err` is, or wraps in (nested) I/O errors.
+fn as_rustls<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let inner = err.downcast_ref::<std::io::Error>()?.get_ref()?;
+    as_rustls(inner)
 }
 
 fn root_cause(e: &dyn std::error::Error) -> String {

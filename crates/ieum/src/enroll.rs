@@ -39,18 +39,35 @@ pub(crate) struct Enrolled {
 /// Enrols `workload` (a service name or `gateway:NAME`) with the server `api`, keeping what
 /// it got in `dir`: `None` when the mesh is off (`--dev`) or the server runs no CA. With
 /// the server unreachable, the settings and certificate saved in `dir` are used while the
-/// certificate is valid.
+/// certificate is valid; with nothing saved, the server is waited for at most `wait`.
 pub(crate) async fn enroll(
     api: &Client,
     workload: &str,
     dir: &Path,
+    wait: Duration,
 ) -> anyhow::Result<Option<Enrolled>> {
     let saved = Saved::at(dir);
-    let info: MeshInfo = match api.get("/v1/mesh").await {
-        Ok(info) => info,
-        Err(e) if e.is_not_found() => return Ok(None),
-        Err(Failure::Unreachable(why)) => return saved.restore(&why),
-        Err(e) => return Err(e).context("cannot read the mesh settings (GET /v1/mesh)"),
+    let deadline = tokio::time::Instant::now() + wait;
+    let info: MeshInfo = loop {
+        match api.get("/v1/mesh").await {
+            Ok(info) => break info,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(Failure::Unreachable(why)) => {
+                if saved.exists() {
+                    return saved.restore(&why);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    anyhow::bail!(
+                        "no configuration snapshot from {} within {} and none saved in {} ({why})",
+                        api.url(""),
+                        humantime::format_duration(wait),
+                        dir.display()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e).context("cannot read the mesh settings (GET /v1/mesh)"),
+        }
     };
     saved.write("mesh.json", &serde_json::to_vec_pretty(&info)?, false)?;
     if !info.mtls {
@@ -124,6 +141,11 @@ impl Saved {
         std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))
     }
 
+    /// Whether an earlier start saved the mesh settings.
+    fn exists(&self) -> bool {
+        self.dir.join("mesh.json").exists()
+    }
+
     /// What was saved, when the server is unreachable (`why`).
     fn restore(&self, why: &str) -> anyhow::Result<Option<Enrolled>> {
         let info: MeshInfo = serde_json::from_str(&self.read("mesh.json").map_err(|_| {
@@ -193,10 +215,13 @@ async fn request(api: &Client, id: &SpiffeId, saved: &Saved) -> anyhow::Result<C
     Ok(credentials)
 }
 
-/// Renews `enrolled`'s certificate whenever two thirds of its lifetime have passed, until
-/// `stop`; a failed renewal is retried while the current certificate is still valid.
+/// Renews `identity`'s certificate whenever two thirds of its lifetime have passed, until
+/// `stop`; a failed renewal is retried while the current certificate is still valid. The
+/// request goes with the certificate itself (`by_certificate`) while it is valid, with the
+/// token (`by_token`) once it has expired.
 pub(crate) async fn renew(
-    api: Client,
+    by_certificate: Client,
+    by_token: Client,
     identity: Identity,
     id: SpiffeId,
     saved: Saved,
@@ -213,7 +238,12 @@ pub(crate) async fn renew(
             () = tokio::time::sleep(wait) => {}
         }
         loop {
-            match request(&api, &id, &saved).await {
+            let api = if current.not_after() > SystemTime::now() {
+                &by_certificate
+            } else {
+                &by_token
+            };
+            match request(api, &id, &saved).await {
                 Ok(fresh) => {
                     tracing::info!(
                         id = %id.uri(),

@@ -359,7 +359,9 @@ fn server_tls(
         .server_certificate(&sans, SERVER_CERT_TTL)
         .with_context(|| format!("the server's certificate for {}", sans.join(", ")))?;
     let key = ieum_identity::ServerKey::new(cert)?;
-    let config = ieum_identity::api_server_config(&key)?;
+    // Enrolled sidecars and gateways may authenticate with their mesh certificate.
+    let config =
+        ieum_identity::api_server_config(&key, Some((ca.roots(), ca.trust_domain().clone())))?;
     let ca = ca.clone();
     tokio::spawn(async move {
         let mut wait = SERVER_CERT_TTL.mul_f64(2.0 / 3.0);

@@ -289,7 +289,46 @@ async fn lifecycle(
     // The server's API, verified before anything is sent when it is `https://`.
     let api = Client::new(&ctx.server, ctx.token.clone())?;
 
-    // 1. The push stream and the first snapshot, so the app's first call already works.
+    // 1. The workload's identity before anything else talks to the mesh: its certificate
+    //    (renewed in place from then on) makes every call between sidecars mTLS, and,
+    //    with an `https://` server, is what the sidecar authenticates with from then on.
+    let identity_dir = args.data_dir.join(format!("identity-{service}"));
+    let enrolled = crate::enroll::enroll(
+        &api,
+        service.as_str(),
+        &identity_dir,
+        args.snapshot_wait.get(),
+    )
+    .await
+    .map_err(|e| match e.downcast_ref::<Failure>() {
+        // A server that fails verification is a setting to fix (exit 2).
+        Some(Failure::Usage(_)) => Failure::Usage(format!("{e:#}")),
+        _ => Failure::Unreachable(format!("{e:#}")),
+    })?;
+    let by_token = api.clone();
+    let api = match &enrolled {
+        Some(e) => api.as_workload(&e.identity)?.unwrap_or(api),
+        None => api,
+    };
+    let stop_renewal = tokio_util::sync::CancellationToken::new();
+    let mesh = enrolled.map(|e| {
+        tokio::spawn(crate::enroll::renew(
+            api.clone(),
+            by_token,
+            e.identity.clone(),
+            e.id.clone(),
+            crate::enroll::Saved::at(&identity_dir),
+            stop_renewal.clone(),
+        ));
+        ieum_proxy::MeshConfig {
+            identity: e.identity,
+            roots: e.roots,
+            trust_domain: e.trust_domain,
+        }
+    });
+    let _stop_renewal = stop_renewal.drop_guard();
+
+    // 2. The push stream and the first snapshot, so the app's first call already works.
     let push = ieum_client::Client::start(ieum_client::Options {
         server: ctx.server.clone(),
         client: format!("sidecar {service}"),
@@ -301,7 +340,7 @@ async fn lifecycle(
             args.data_dir
                 .join(format!("sidecar-{service}.snapshot.json")),
         ),
-        token: ctx.token.clone(),
+        token: api.token(),
         tls: api.tls(),
     });
     let restored = push.snapshot().version > 0;
@@ -323,7 +362,7 @@ async fn lifecycle(
         );
     }
 
-    // 2. The data plane. Spans go where the standard OpenTelemetry variables say; a bad
+    // 3. The data plane. Spans go where the standard OpenTelemetry variables say; a bad
     //    setting is reported and tracing stays off (the app must still start).
     let otlp = match OtlpConfig::from_env(service.as_str()) {
         Ok(c) => c,
@@ -333,28 +372,6 @@ async fn lifecycle(
         }
     };
     let app_addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.app_port);
-    // The workload's identity before anything else talks to the mesh: its certificate
-    // (renewed in place from then on) makes every call between sidecars mTLS.
-    let identity_dir = args.data_dir.join(format!("identity-{service}"));
-    let enrolled = crate::enroll::enroll(&api, service.as_str(), &identity_dir)
-        .await
-        .map_err(|e| Failure::Unreachable(format!("{e:#}")))?;
-    let stop_renewal = tokio_util::sync::CancellationToken::new();
-    let mesh = enrolled.map(|e| {
-        tokio::spawn(crate::enroll::renew(
-            api.clone(),
-            e.identity.clone(),
-            e.id.clone(),
-            crate::enroll::Saved::at(&identity_dir),
-            stop_renewal.clone(),
-        ));
-        ieum_proxy::MeshConfig {
-            identity: e.identity,
-            roots: e.roots,
-            trust_domain: e.trust_domain,
-        }
-    });
-    let _stop_renewal = stop_renewal.drop_guard();
     let proxy = Sidecar::start(SidecarConfig {
         service: service.to_string(),
         zone: args.zone.clone(),
@@ -375,8 +392,10 @@ async fn lifecycle(
     .await
     .context("cannot start the sidecar's listeners")?;
     // `type: memory` PubSubs live in the server this sidecar follows, so every service
-    // shares them (docs/bridge.md).
-    proxy.host_memory_pubsubs(&ctx.server, ctx.token.clone(), api.tls());
+    // shares them (docs/bridge.md); the app's saga and flow starts go there too.
+    proxy
+        .link_server(&ctx.server, api.token(), api.tls())
+        .map_err(|e| Failure::Usage(format!("the server {}: {e}", ctx.server)))?;
     let (outbound, inbound, admin) = (
         proxy.outbound_addr(),
         proxy.inbound_addr(),
@@ -396,7 +415,7 @@ async fn lifecycle(
         eprintln!("  traces    {} ({:?})", o.endpoint, o.protocol);
     }
 
-    // 3. The app, in its own process group so a terminal's Ctrl-C reaches the sidecar
+    // 4. The app, in its own process group so a terminal's Ctrl-C reaches the sidecar
     //    first and the app is stopped only after the drain.
     let mut child = match &app {
         Some((command, http_proxy)) => {
@@ -443,7 +462,7 @@ async fn lifecycle(
     let instances = format!("/v1/services/{service}/instances");
     let me = format!("{instances}/{id}");
 
-    // 4. Wait for the app to be healthy, then for its event subscriptions to be active,
+    // 5. Wait for the app to be healthy, then for its event subscriptions to be active,
     //    then register; heartbeat while it stays healthy.
     let mut registered = false;
     let mut subscriptions_started = false;
@@ -571,7 +590,7 @@ async fn lifecycle(
         }
     };
 
-    // 5. Stop: drain, deregister, stop the app.
+    // 6. Stop: drain, deregister, stop the app.
     let code = match end {
         End::Signal => {
             eprintln!("stopping: draining, then deregistering {service}/{id}");

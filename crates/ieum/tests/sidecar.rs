@@ -44,10 +44,15 @@ fn server_with(data: &str, listen: &str, extra: &[&str]) -> (Proc, String) {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let scheme = if extra.contains(&"--tls") {
+        "https"
+    } else {
+        "http"
+    };
     let base = loop {
         let line = lines.next().expect("banner").unwrap();
         if let Some(rest) = line.trim().strip_prefix("listening") {
-            break format!("http://{}", rest.split_whitespace().next().unwrap());
+            break format!("{scheme}://{}", rest.split_whitespace().next().unwrap());
         }
     };
     std::thread::spawn(move || for _ in lines {});
@@ -875,4 +880,204 @@ async fn traffic_between_sidecars_is_mtls_and_survives_certificate_renewals() {
         .parse()
         .unwrap();
     assert!(served >= calls, "{served} of {calls} calls seen over mTLS");
+}
+
+/// A stand-in HTTP service answering every request `200 {"ok":true}` (one request per
+/// connection): an app to be healthy, a saga participant.
+fn http_ok_app() -> u16 {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Headers, then as much body as Content-Length says.
+                let body_at = loop {
+                    let Ok(n) = conn.read(&mut buf) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    if let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&seen[..body_at]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while seen.len() < body_at + length {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = br#"{"ok":true}"#;
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(body);
+            });
+        }
+    });
+    port
+}
+
+/// A client of an `https://` server that trusts the CA in `ca_file`.
+fn https_client(ca_file: &std::path::Path) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let trust = ieum_identity::ServerTrust::from_ca_file(ca_file).unwrap();
+    let mut tls = (*trust.client_config().unwrap()).clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .no_proxy()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap()
+}
+
+/// Off loopback (`--tls`, tokens required): a sidecar refuses a server its join token does
+/// not pin, enrols with its token over a verified connection (`IEUM_CA_FILE`), then speaks
+/// to the server with its certificate only: it registers as its SPIFFE id, and forwards its
+/// app's saga starts under that identity. Revoking the token does not cut it off (the
+/// certificate serves until it expires; renewals stop).
+#[tokio::test]
+async fn a_sidecar_enrols_with_its_token_then_speaks_with_its_certificate() {
+    let db = TestDb::sqlite();
+    let data = db.dir().unwrap().display().to_string();
+    let (_server, base) = server_with(&data, "127.0.0.1:0", &["--tls", "--require-tokens"]);
+    assert!(base.starts_with("https://"), "{base}");
+    let ca_file = std::path::Path::new(&data).join("ca").join("ca.pem");
+    let admin = std::fs::read_to_string(std::path::Path::new(&data).join("admin.token")).unwrap();
+    let admin = admin.trim().to_owned();
+    let http = https_client(&ca_file);
+    let created: Value = http
+        .post(format!("{base}/v1/tokens"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"name": "orders-1", "role": "sidecar", "service": "orders"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let sidecars = tempfile::tempdir().unwrap();
+    let app_port = http_ok_app();
+
+    // A join token that pins another CA: refused at the handshake, at once, saying why.
+    let wrong_pin = format!("ieum1.{}.{secret}", "ab".repeat(32));
+    let out = Command::new(env!("CARGO_BIN_EXE_ieum"))
+        .args(["sidecar", "--service", "orders", "--app-port"])
+        .arg(app_port.to_string())
+        .args(["--server", &base, "--data-dir"])
+        .arg(sidecars.path().join("wrong"))
+        .args(["--outbound", "127.0.0.1:0", "--inbound", "127.0.0.1:0"])
+        .args(["--admin", "127.0.0.1:0", "--snapshot-wait", "20s"])
+        .env("IEUM_TOKEN", &wrong_pin)
+        .env_remove("IEUM_CA_FILE")
+        .env_remove("IEUM_SERVER")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("pinned by the join token"), "{err}");
+
+    // The bare secret with IEUM_CA_FILE: enrols, then registers with its certificate.
+    let orders = sidecar_proc(
+        &base,
+        &sidecars.path().join("orders").display().to_string(),
+        "orders",
+        app_port,
+        &[],
+        &[
+            ("IEUM_TOKEN", secret.as_str()),
+            ("IEUM_CA_FILE", ca_file.to_str().unwrap()),
+        ],
+    );
+    let events = async |kind: &str| -> Value {
+        http.get(format!("{base}/v1/events?service=orders&kind={kind}"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    wait_for("orders registered", async || {
+        events("instance.registered").await[0]["author"] == "spiffe://ieum.local/svc/orders"
+    })
+    .await;
+
+    // The app starts a saga through its sidecar, with no token of its own.
+    let stock_port = http_ok_app();
+    let r = http
+        .post(format!("{base}/v1/services/stock/instances"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"address": "127.0.0.1", "port": stock_port, "ttl": "1h"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let saga = "apiVersion: ieum.dev/v1\nkind: Saga\nmetadata: {name: reserve}\nspec:\n  steps:\n  - name: stock\n    action: {service: stock, method: POST, path: /reserve}\n    compensation: {service: stock, method: POST, path: /release}\n";
+    let r = http
+        .post(format!("{base}/v1/apply"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/yaml")
+        .body(saga)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let plain = {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder().no_proxy().build().unwrap()
+    };
+    let start = async |key: &str| {
+        plain
+            .post(format!(
+                "{}/v1/sagas/reserve/executions?wait=10s",
+                orders.outbound
+            ))
+            .header("idempotency-key", key)
+            .json(&serde_json::json!({"order": 7}))
+            .send()
+            .await
+            .unwrap()
+    };
+    let r = start("order-7").await;
+    let status = r.status();
+    let done: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["state"], "completed", "{done}");
+    // The server's own errors come back as they are.
+    let r = plain
+        .post(format!("{}/v1/flows/nope", orders.outbound))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let err: Value = r.json().await.unwrap();
+    assert!(err["error"]["code"].is_string(), "{err}");
+
+    // Revoked: the sidecar's certificate still works for its heartbeats and starts.
+    let r = http
+        .delete(format!("{base}/v1/tokens/orders-1"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let r = start("order-8").await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let revoked = events("token.revoked").await;
+    assert_eq!(revoked[0]["data"]["token"], "orders-1", "{revoked}");
 }

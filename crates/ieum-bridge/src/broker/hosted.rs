@@ -58,6 +58,34 @@ pub struct MemoryHost {
     pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
+impl MemoryHost {
+    /// An HTTP/1.1 client of the server: verified by `tls` for `https://` (never without),
+    /// never through a proxy. The error says what to fix.
+    pub fn http_client(&self) -> Result<reqwest::Client, String> {
+        let mut builder = reqwest::Client::builder().no_proxy();
+        match (&self.tls, self.url.starts_with("https://")) {
+            (Some(tls), _) => {
+                // HTTP/1.1 only: this client speaks no HTTP/2.
+                let mut tls = (**tls).clone();
+                tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+                builder = builder.tls_backend_preconfigured(tls);
+            }
+            (None, true) => {
+                return Err(format!(
+                    "the server {} is HTTPS and nothing verifies it: set IEUM_CA_FILE to its \
+                     CA certificate or use a join token",
+                    self.url
+                ));
+            }
+            // Plain HTTP: no TLS is ever used, but the client needs a provider.
+            (None, false) => super::tls::install_ring_as_default(),
+        }
+        builder
+            .build()
+            .map_err(|e| format!("an HTTP client of {}: {e}", self.url))
+    }
+}
+
 impl PartialEq for MemoryHost {
     fn eq(&self, other: &Self) -> bool {
         let same_tls = match (&self.tls, &other.tls) {
@@ -178,27 +206,9 @@ enum FetchError {
 
 impl HostedBroker {
     fn new(name: &str, host: &MemoryHost) -> Result<Self, BrokerError> {
-        let mut builder = reqwest::Client::builder().no_proxy();
-        match (&host.tls, host.url.starts_with("https://")) {
-            (Some(tls), _) => {
-                // HTTP/1.1 only: this client speaks no HTTP/2.
-                let mut tls = (**tls).clone();
-                tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-                builder = builder.tls_backend_preconfigured(tls);
-            }
-            (None, true) => {
-                return Err(BrokerError::Config(format!(
-                    "PubSub/{name}: the server {} is HTTPS and nothing verifies it: set \
-                     IEUM_CA_FILE to its CA certificate or use a join token",
-                    host.url
-                )));
-            }
-            // Plain HTTP: no TLS is ever used, but the client needs a provider.
-            (None, false) => super::tls::install_ring_as_default(),
-        }
-        let http = builder
-            .build()
-            .map_err(|e| BrokerError::Config(format!("PubSub/{name}: an HTTP client: {e}")))?;
+        let http = host
+            .http_client()
+            .map_err(|e| BrokerError::Config(format!("PubSub/{name}: {e}")))?;
         Ok(HostedBroker {
             inner: Arc::new(Inner {
                 http,

@@ -76,7 +76,8 @@ async fn handshake(ca: &Ca, sans: &[&str], trust: &ServerTrust, name: &str) -> R
     let cert = ca
         .server_certificate(&sans, Duration::from_secs(3600))
         .expect("server certificate");
-    let server = api_server_config(&ServerKey::new(cert).expect("key")).expect("server config");
+    let server =
+        api_server_config(&ServerKey::new(cert).expect("key"), None).expect("server config");
     let client = trust.client_config().expect("client config");
     let (c, s) = tokio::io::duplex(64 * 1024);
     let acceptor = tokio_rustls::TlsAcceptor::from(server);
@@ -150,7 +151,7 @@ async fn a_renewed_server_certificate_is_presented() {
             .expect("cert"),
     )
     .expect("replace");
-    let server = api_server_config(&key).expect("server config");
+    let server = api_server_config(&key, None).expect("server config");
     let client = ServerTrust::Pin(ca.fingerprint())
         .client_config()
         .expect("client config");
