@@ -227,6 +227,26 @@ pub(crate) async fn renew(
     saved: Saved,
     stop: CancellationToken,
 ) {
+    let current = identity.clone();
+    keep_renewed(identity, stop, || {
+        let api = if current.current().not_after() > SystemTime::now() {
+            &by_certificate
+        } else {
+            &by_token
+        };
+        request(api, &id, &saved)
+    })
+    .await;
+}
+
+/// The renewal loop shared by sidecars (over the API) and the server's own identity (issued
+/// in process): at each renewal time, `issue` a fresh certificate and swap it in; on failure
+/// retry every few seconds while the current one serves, until `stop`.
+pub(crate) async fn keep_renewed<F, Fut>(identity: Identity, stop: CancellationToken, issue: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Credentials>>,
+{
     loop {
         let current = identity.current();
         let wait = current
@@ -238,15 +258,10 @@ pub(crate) async fn renew(
             () = tokio::time::sleep(wait) => {}
         }
         loop {
-            let api = if current.not_after() > SystemTime::now() {
-                &by_certificate
-            } else {
-                &by_token
-            };
-            match request(api, &id, &saved).await {
+            match issue().await {
                 Ok(fresh) => {
                     tracing::info!(
-                        id = %id.uri(),
+                        id = %fresh.id().uri(),
                         until = %humantime::format_rfc3339_seconds(fresh.not_after()),
                         "renewed the workload certificate"
                     );
@@ -258,7 +273,7 @@ pub(crate) async fn renew(
                         .not_after()
                         .duration_since(SystemTime::now())
                         .unwrap_or(Duration::ZERO);
-                    tracing::warn!(error = %e, left = ?left, "cannot renew the workload certificate yet; retrying");
+                    tracing::warn!(error = %e, left = ?left, "cannot renew the certificate yet; retrying");
                     tokio::select! {
                         () = stop.cancelled() => return,
                         () = tokio::time::sleep(RETRY) => {}

@@ -266,27 +266,11 @@ fn coordinator_identity(
         }
     };
     let identity = ieum_identity::Identity::new(issue()?);
-    let renewing = identity.clone();
-    tokio::spawn(async move {
-        loop {
-            let wait = renewing
-                .current()
-                .renew_at()
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
-            }
-            match issue() {
-                Ok(fresh) => renewing.replace(fresh),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot renew the coordinator's certificate; retrying in 5s");
-                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-                }
-            }
-        }
-    });
+    tokio::spawn(crate::enroll::keep_renewed(
+        identity.clone(),
+        stop,
+        move || std::future::ready(issue()),
+    ));
     Ok(ieum_proxy::MeshConfig {
         identity,
         roots: ca.roots(),

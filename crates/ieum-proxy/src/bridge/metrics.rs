@@ -218,7 +218,11 @@ pub(crate) struct EventLog {
 #[derive(Debug, Default)]
 struct LogInner {
     records: Vec<EventRecord>,
-    samples: std::collections::HashMap<(String, String, &'static str), u32>,
+    /// Samples kept this window, by a hash of pubsub, topic and direction: looked up on
+    /// every event, so without building a key (two topics sharing a hash would only share
+    /// their sample budget).
+    samples: std::collections::HashMap<u64, u32>,
+    hasher: std::hash::RandomState,
     left_out: u64,
 }
 
@@ -247,14 +251,11 @@ impl EventLog {
             return;
         }
         if !seen.outcome.is_failure() && correlation.is_none() {
-            let n = inner
-                .samples
-                .entry((
-                    seen.pubsub.to_owned(),
-                    seen.topic.to_owned(),
-                    seen.direction,
-                ))
-                .or_default();
+            let key = std::hash::BuildHasher::hash_one(
+                &inner.hasher,
+                (seen.pubsub, seen.topic, seen.direction),
+            );
+            let n = inner.samples.entry(key).or_default();
             if *n >= SAMPLES_PER_TOPIC {
                 return;
             }
