@@ -44,6 +44,10 @@ pub struct Options {
     pub service: Option<String>,
     /// Services it calls from the start (more are added on first use).
     pub calls: Vec<String>,
+    /// A gateway's name (`ieum gateway --name`): the session also receives every `Api`,
+    /// `ApiConsumer` and `Flow` (what a gateway publishes). Needs a `gateway` token off
+    /// loopback.
+    pub gateway: Option<String>,
     /// Where to keep the last snapshot, so a restart serves with the server down.
     pub snapshot_file: Option<PathBuf>,
     /// Bearer token, for servers not bound to loopback.
@@ -321,6 +325,7 @@ async fn session(
         protocol: PROTOCOL,
         client: options.client.clone(),
         service: options.service.clone().unwrap_or_default(),
+        gateway: options.gateway.clone().unwrap_or_default(),
         calls: calls.iter().cloned().collect(),
         resume_version,
         resume_epoch,

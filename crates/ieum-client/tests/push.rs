@@ -77,6 +77,7 @@ fn options(server: &Server, calls: &[&str]) -> Options {
         client: "test".into(),
         service: Some("orders".into()),
         calls: calls.iter().map(|s| (*s).to_owned()).collect(),
+        gateway: None,
         snapshot_file: None,
         token: None,
         tls: None,
@@ -351,6 +352,7 @@ async fn the_snapshot_outlives_the_server_and_a_restart_of_the_client() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("snapshot.json");
     let opts = Options {
+        gateway: None,
         snapshot_file: Some(file.clone()),
         ..options(&server, &["stock"])
     };
@@ -437,5 +439,69 @@ async fn a_reconnect_resends_only_what_changed_meanwhile() {
             .len(),
         2
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn gateways_get_every_api_consumer_and_flow_and_sidecars_none() {
+    let server = Server::start(Arc::new(MemoryStore::new()), "127.0.0.1:0").await;
+    let apply = async |doc: &str| {
+        let checked: Vec<_> = ieum_model::resource::parse_documents(doc)
+            .unwrap()
+            .iter()
+            .map(|r| ieum_model::resource::check(r).unwrap())
+            .collect();
+        server.registry.apply(checked, "test", false).await.unwrap();
+    };
+    // One API before the gateway connects (in its snapshot), the rest after (deltas).
+    apply("apiVersion: ieum.dev/v1\nkind: Api\nmetadata: {name: shop}\nspec: {basePath: /shop, backend: {service: orders}, auth: {anonymous: true}}\n").await;
+    let gateway = Client::start(Options {
+        gateway: Some("edge".into()),
+        service: None,
+        ..options(&server, &[])
+    });
+    let sidecar = Client::start(options(&server, &["stock"]));
+    until(&gateway, "the API in the snapshot", |s| {
+        s.resources.contains_key("Api/shop")
+    })
+    .await;
+    until(&sidecar, "the sidecar's snapshot", |s| {
+        s.services.contains_key("stock")
+    })
+    .await;
+    apply("apiVersion: ieum.dev/v1\nkind: ApiConsumer\nmetadata: {name: mobile}\nspec: {apis: [shop]}\n---\napiVersion: ieum.dev/v1\nkind: Flow\nmetadata: {name: quote}\nspec: {steps: [{name: a, call: {service: stock, method: GET, path: /}}]}\n---\napiVersion: ieum.dev/v1\nkind: Api\nmetadata: {name: shop}\nspec: {basePath: /shop/v2, backend: {service: orders}, auth: {anonymous: true}}\n").await;
+    let s = until(
+        &gateway,
+        "the consumer, the flow and the changed API",
+        |s| {
+            s.resources.contains_key("ApiConsumer/mobile")
+                && s.resources.contains_key("Flow/quote")
+                && s.resources["Api/shop"].spec["basePath"] == "/shop/v2"
+        },
+    )
+    .await;
+    assert_eq!(s.resources.len(), 3, "{:?}", s.resources.keys());
+    server
+        .registry
+        .delete_resource(ieum_model::resource::Kind::ApiConsumer, "mobile", "test")
+        .await
+        .unwrap();
+    until(&gateway, "the deletion", |s| {
+        !s.resources.contains_key("ApiConsumer/mobile")
+    })
+    .await;
+    // The orders sidecar (whose service the API fronts, and which the flow's service
+    // concerns) holds none of them.
+    assert!(
+        sidecar
+            .snapshot()
+            .resources
+            .keys()
+            .all(|k| !k.starts_with("Api") && !k.starts_with("Flow/")),
+        "{:?}",
+        sidecar.snapshot().resources.keys()
+    );
+    gateway.shutdown().await;
+    sidecar.shutdown().await;
     server.stop().await;
 }

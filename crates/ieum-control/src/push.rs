@@ -78,9 +78,9 @@ impl Push for PushService {
         request: Request<Streaming<ClientMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         // A sidecar's token (or certificate) is for one service: its stream follows that one.
-        let own = request
-            .extensions()
-            .get::<crate::auth::Caller>()
+        let caller = request.extensions().get::<crate::auth::Caller>().cloned();
+        let own = caller
+            .as_ref()
             .filter(|c| c.role == crate::auth::Role::Sidecar)
             .and_then(|c| c.service.clone().map(|s| (c.name.clone(), s)));
         let mut inbound = request.into_inner();
@@ -112,6 +112,10 @@ impl Push for PushService {
                 hello.service
             )));
         }
+        if !hello.gateway.is_empty() {
+            check_names(std::slice::from_ref(&hello.gateway), "gateway")?;
+            may_follow_gateway(caller.as_ref(), &hello.gateway)?;
+        }
         let (tx, rx) = mpsc::channel(256);
         let session = Session::new(self.registry.clone(), &hello);
         tracing::debug!(client = %hello.client, calls = hello.calls.len(), "push session opened");
@@ -125,8 +129,38 @@ impl Push for PushService {
     }
 }
 
+/// Whether `caller` may follow what gateway `name` publishes: a `gateway` token (for that
+/// gateway, or for none in particular), `admin` or `operator`; without a caller the server
+/// is open on loopback.
+fn may_follow_gateway(caller: Option<&crate::auth::Caller>, name: &str) -> Result<(), Status> {
+    use crate::auth::Role;
+    let Some(c) = caller else { return Ok(()) };
+    let allowed = match c.role {
+        Role::Admin | Role::Operator => true,
+        Role::Gateway => c.service.as_deref().is_none_or(|own| own == name),
+        Role::Reader | Role::Sidecar => false,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "`{}` ({}) may not follow gateway `{name}`: use a gateway token (`ieum token create --role gateway`)",
+            c.name, c.role
+        )))
+    }
+}
+
+/// Kinds a gateway session receives whole, whoever's timeline records their changes.
+fn for_gateways(kind: &str) -> bool {
+    ieum_registry::GATEWAY_KINDS
+        .iter()
+        .any(|k| k.as_str() == kind)
+}
+
 struct Session {
     registry: Registry,
+    /// Whether the client is a gateway: it also gets every `Api`, `ApiConsumer`, `Flow`.
+    gateway: bool,
     /// Services the client calls: it gets their endpoints.
     calls: BTreeSet<String>,
     /// Calls plus the client's own service: it gets resources concerning these.
@@ -150,6 +184,7 @@ impl Session {
         let epoch = registry.epoch();
         Session {
             registry,
+            gateway: !hello.gateway.is_empty(),
             calls,
             concerned,
             epoch,
@@ -255,11 +290,19 @@ impl Session {
             }
         }
         let resources = if with_resources {
-            let list = self
+            let mut list = self
                 .registry
                 .resources_for(&self.concerned)
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
+            if self.gateway {
+                list.extend(
+                    self.registry
+                        .gateway_resources()
+                        .await
+                        .map_err(|e| Status::unavailable(e.to_string()))?,
+                );
+            }
             list.into_iter().map(resource_update).collect()
         } else {
             let new: BTreeSet<String> = services.iter().cloned().collect();
@@ -285,6 +328,39 @@ impl Session {
 
     /// The message an event means for this client, if any.
     async fn delta(&mut self, event: &ieum_model::Event) -> Option<Result<ServerMessage, Status>> {
+        if event.kind == EventKind::ConfigChanged
+            && let Some(kind) = event.data["kind"].as_str()
+            && for_gateways(kind)
+        {
+            // Only gateways get these, all of them.
+            if !self.gateway {
+                return None;
+            }
+            let name = event.data["name"].as_str()?.to_owned();
+            let revision = event.data["revision"].as_i64().unwrap_or(0);
+            let key = (kind.to_owned(), name.clone(), revision);
+            if self.last_for_everyone.as_ref() == Some(&key) {
+                return None;
+            }
+            self.last_for_everyone = Some(key);
+            let kind_parsed = ieum_model::resource::Kind::parse(kind)?;
+            let update = match self.registry.resource(kind_parsed, &name).await {
+                Ok(r) => resource_update(r),
+                Err(_) => ResourceUpdate {
+                    kind: kind.to_owned(),
+                    name,
+                    revision,
+                    deleted: true,
+                    ..Default::default()
+                },
+            };
+            return Some(Ok(ServerMessage {
+                protocol: PROTOCOL,
+                resources: vec![update],
+                epoch: self.epoch.clone(),
+                ..Default::default()
+            }));
+        }
         if event.kind == EventKind::ConfigChanged
             && let Some(kind) = event.data["kind"].as_str()
             && matches!(kind, "PubSub" | "Binding")

@@ -352,7 +352,7 @@ async fn a_certificate_from_another_ca_or_without_a_token_behind_it_is_refused()
 }
 
 #[tokio::test]
-async fn a_push_stream_follows_only_its_own_service() {
+async fn a_push_stream_follows_only_its_own_service_and_no_gateway() {
     let server = server().await;
     let anonymous = client(&server, None);
     let (status, created) = send(
@@ -368,23 +368,33 @@ async fn a_push_stream_follows_only_its_own_service() {
     let tls = ServerTrust::Roots(server.ca.roots())
         .client_config()
         .unwrap();
-    let open = |service: &str| {
-        ieum_client::Client::start(ieum_client::Options {
-            server: server.url.clone(),
-            client: format!("test as {service}"),
-            service: Some(service.to_owned()),
-            calls: vec![],
-            snapshot_file: None,
-            token: Some(join.clone()),
-            tls: Some(tls.clone()),
-        })
+    let options = |service: &str| ieum_client::Options {
+        server: server.url.clone(),
+        client: format!("test as {service}"),
+        service: Some(service.to_owned()),
+        calls: vec![],
+        gateway: None,
+        snapshot_file: None,
+        token: Some(join.clone()),
+        tls: Some(tls.clone()),
     };
+    let open = |service: &str| ieum_client::Client::start(options(service));
     let own = open("orders");
     assert!(own.wait_connected(Duration::from_secs(10)).await);
     let other = open("payments");
     assert!(!other.wait_connected(Duration::from_secs(2)).await);
     let why = other.last_error().unwrap_or_default();
     assert!(why.contains("acts for service `orders` only"), "{why}");
+    // Nor may it follow what a gateway publishes.
+    let as_gateway = ieum_client::Client::start(ieum_client::Options {
+        gateway: Some("edge".into()),
+        service: None,
+        ..options("orders")
+    });
+    assert!(!as_gateway.wait_connected(Duration::from_secs(2)).await);
+    let why = as_gateway.last_error().unwrap_or_default();
+    assert!(why.contains("may not follow gateway `edge`"), "{why}");
     own.shutdown().await;
     other.shutdown().await;
+    as_gateway.shutdown().await;
 }

@@ -27,6 +27,7 @@
 //! that reports *all* problems with a code and a field path, so bad input is explained,
 //! never half-applied.
 
+pub mod api;
 pub mod authz;
 pub mod bridge;
 pub mod duration;

@@ -8,6 +8,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::api::{ApiConsumerSpec, ApiSpec};
 use crate::authz::AuthorizationPolicySpec;
 use crate::bridge::{BindingSpec, PubSubSpec, SubscriptionSpec};
 use crate::flow::FlowSpec;
@@ -26,7 +27,7 @@ pub struct Resource {
     /// Always `ieum.dev/v1`.
     pub api_version: String,
     /// `Service`, `Route`, `ResiliencePolicy`, `RateLimitPolicy`, `FaultInjection`,
-    /// `PubSub`, `Subscription`, `Binding`, `Saga`, `Flow` or `AuthorizationPolicy`.
+    /// `PubSub`, `Subscription`, `Binding`, `Saga`, `Flow`, `AuthorizationPolicy`, `Api` or `ApiConsumer`.
     pub kind: String,
     /// Name and labels.
     pub metadata: Metadata,
@@ -71,11 +72,15 @@ pub enum Kind {
     Flow,
     /// Who may call a service, and with which requests (enforced by its sidecars).
     AuthorizationPolicy,
+    /// A public API published by gateways.
+    Api,
+    /// Who may call which `Api`s.
+    ApiConsumer,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Service,
         Kind::Route,
         Kind::ResiliencePolicy,
@@ -87,6 +92,8 @@ impl Kind {
         Kind::Saga,
         Kind::Flow,
         Kind::AuthorizationPolicy,
+        Kind::Api,
+        Kind::ApiConsumer,
     ];
 
     /// The kind's name as written in `kind:`.
@@ -103,6 +110,8 @@ impl Kind {
             Kind::Saga => "Saga",
             Kind::Flow => "Flow",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::Api => "Api",
+            Kind::ApiConsumer => "ApiConsumer",
         }
     }
 
@@ -301,6 +310,14 @@ pub fn check(resource: &Resource) -> Result<Checked, Vec<ValidationError>> {
             // The target joins `services` below, as for every policy.
             (normalized(&s), Vec::new())
         }),
+        Kind::Api => spec_of::<ApiSpec>(&spec).map(|s| {
+            s.validate(&mut v);
+            (normalized(&s), s.services())
+        }),
+        Kind::ApiConsumer => spec_of::<ApiConsumerSpec>(&spec).map(|s| {
+            s.validate(&mut v);
+            (normalized(&s), Vec::new())
+        }),
     };
     let (spec, mut services) = match parsed {
         Ok(p) => p,
@@ -446,6 +463,8 @@ pub fn json_schema(kind: Kind) -> serde_json::Value {
         Kind::Saga => schema_of::<SagaSpec>(),
         Kind::Flow => schema_of::<FlowSpec>(),
         Kind::AuthorizationPolicy => schema_of::<AuthorizationPolicySpec>(),
+        Kind::Api => schema_of::<ApiSpec>(),
+        Kind::ApiConsumer => schema_of::<ApiConsumerSpec>(),
     };
     let schema = serde_json::json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -167,6 +167,31 @@ pub struct HeaderModifier {
     pub remove: Vec<String>,
 }
 
+impl HeaderModifier {
+    /// Checks every field; paths are relative to `v`'s prefix.
+    pub(crate) fn validate(&self, v: &mut Validator) {
+        v.check(
+            !(self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()),
+            "E2007",
+            "",
+            || "set at least one of `set`, `add` or `remove`".into(),
+        );
+        let names = self
+            .set
+            .iter()
+            .map(|h| ("set", &h.name))
+            .chain(self.add.iter().map(|h| ("add", &h.name)));
+        for (i, (field, name)) in names
+            .chain(self.remove.iter().map(|n| ("remove", n)))
+            .enumerate()
+        {
+            v.check(valid_header_name(name), "E2005", field, || {
+                format!("entry {i}: `{name}` is not a valid header name")
+            });
+        }
+    }
+}
+
 /// A header name and value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -222,11 +247,11 @@ fn default_redirect() -> u16 {
     302
 }
 
-const METHODS: [&str; 9] = [
+pub(crate) const METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 
-fn valid_header_name(s: &str) -> bool {
+pub(crate) fn valid_header_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
@@ -371,27 +396,7 @@ impl RouteMatch {
 impl Filter {
     fn validate(&self, v: &mut Validator, has_prefix_match: bool) {
         match self {
-            Filter::RequestHeaderModifier(m) | Filter::ResponseHeaderModifier(m) => {
-                v.check(
-                    !(m.set.is_empty() && m.add.is_empty() && m.remove.is_empty()),
-                    "E2007",
-                    "",
-                    || "set at least one of `set`, `add` or `remove`".into(),
-                );
-                let names = m
-                    .set
-                    .iter()
-                    .map(|h| ("set", &h.name))
-                    .chain(m.add.iter().map(|h| ("add", &h.name)));
-                for (i, (field, name)) in names
-                    .chain(m.remove.iter().map(|n| ("remove", n)))
-                    .enumerate()
-                {
-                    v.check(valid_header_name(name), "E2005", field, || {
-                        format!("entry {i}: `{name}` is not a valid header name")
-                    });
-                }
-            }
+            Filter::RequestHeaderModifier(m) | Filter::ResponseHeaderModifier(m) => m.validate(v),
             Filter::UrlRewrite { path } => {
                 v.check(path.value.starts_with('/'), "E2007", "path.value", || {
                     format!("`{}` must start with `/`", path.value)

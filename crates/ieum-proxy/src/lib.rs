@@ -26,6 +26,7 @@
 //!     client: "orders-sidecar".into(),
 //!     service: Some("orders".into()),
 //!     calls: vec![],
+//!     gateway: None,
 //!     snapshot_file: None,
 //!     token: None,
 //!     tls: None,

@@ -25,5 +25,6 @@ pub mod registry;
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use error::RegistryError;
 pub use registry::{
-    Applied, InstanceFilter, Options, Outcome, ProtectionStatus, Registered, Registry, Status,
+    Applied, GATEWAY_KINDS, InstanceFilter, Options, Outcome, ProtectionStatus, Registered,
+    Registry, Status,
 };

@@ -21,7 +21,7 @@ use crate::check;
 mod config;
 mod views;
 use crate::{Clock, RegistryError};
-pub use config::{Applied, Outcome};
+pub use config::{Applied, GATEWAY_KINDS, Outcome};
 pub use views::{BreakerState, Bucket, Consumer, Golden, Publisher, TopicView, Traffic};
 
 /// The `kind` of the resource that defines a service.

@@ -168,6 +168,7 @@ impl Caller {
             client: COORDINATOR_SERVICE.into(),
             service: Some(COORDINATOR_SERVICE.into()),
             calls: Vec::new(),
+            gateway: None,
             snapshot_file: None,
             token,
             tls,

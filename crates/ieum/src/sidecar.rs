@@ -336,6 +336,7 @@ async fn lifecycle(
         // The TCP forwards' services, so their endpoints are there before the first
         // connection.
         calls: args.tcp.iter().map(|f| f.service.clone()).collect(),
+        gateway: None,
         snapshot_file: Some(
             args.data_dir
                 .join(format!("sidecar-{service}.snapshot.json")),

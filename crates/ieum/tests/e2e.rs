@@ -511,6 +511,7 @@ async fn the_client_library_rides_out_a_server_kill_and_restart() {
         client: "e2e".into(),
         service: None,
         calls: vec!["stock".into()],
+        gateway: None,
         snapshot_file: Some(snapshot_dir.path().join("snapshot.json")),
         token: None,
         tls: None,

@@ -139,6 +139,7 @@ pub(crate) fn client(server: &Server, service: &str, calls: &[&str]) -> Client {
         client: format!("{service}-sidecar"),
         service: Some(service.into()),
         calls: calls.iter().map(|s| (*s).to_owned()).collect(),
+        gateway: None,
         snapshot_file: None,
         token: None,
         tls: None,

@@ -12,6 +12,9 @@ use serde::Serialize;
 use super::{Registry, define_service, event};
 use crate::RegistryError;
 
+/// The kinds every gateway receives whole ([`Registry::gateway_resources`]).
+pub const GATEWAY_KINDS: [Kind; 3] = [Kind::Api, Kind::ApiConsumer, Kind::Flow];
+
 /// What applying one resource did (or, in a dry run, would do).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -305,6 +308,16 @@ impl Registry {
         Ok(revisions)
     }
 
+    /// What a gateway publishes: every `Api`, `ApiConsumer` and `Flow`.
+    pub async fn gateway_resources(&self) -> Result<Vec<StoredResource>, RegistryError> {
+        let store = &self.core.store;
+        let mut out = Vec::new();
+        for kind in GATEWAY_KINDS {
+            out.extend(store.resources(kind.as_str()).await?);
+        }
+        Ok(out)
+    }
+
     /// Every configuration resource that concerns any of `services` (routes to or from
     /// them, policies targeting them or their routes), for push-stream snapshots.
     pub async fn resources_for(
@@ -335,6 +348,9 @@ impl Registry {
                     // Input bindings go to their service; output bindings to the service
                     // they name, or to every client when they name none.
                     Kind::Binding => names("service") || r.spec["service"].is_null(),
+                    // Run by the server (sagas, flows) or published by gateways
+                    // (`gateway_resources`): no sidecar needs them.
+                    Kind::Saga | Kind::Flow | Kind::Api | Kind::ApiConsumer => false,
                     Kind::Route => {
                         r.spec["service"]
                             .as_str()
