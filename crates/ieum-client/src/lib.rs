@@ -45,8 +45,8 @@ pub struct Options {
     /// Services it calls from the start (more are added on first use).
     pub calls: Vec<String>,
     /// A gateway's name (`ieum gateway --name`): the session also receives every `Api`,
-    /// `ApiConsumer` and `Flow` (what a gateway publishes). Needs a `gateway` token off
-    /// loopback.
+    /// `ApiConsumer`, `ApiKey` (hashes) and `Flow` (what a gateway publishes). Needs a
+    /// `gateway` token off loopback.
     pub gateway: Option<String>,
     /// Where to keep the last snapshot, so a restart serves with the server down.
     pub snapshot_file: Option<PathBuf>,

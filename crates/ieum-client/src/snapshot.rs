@@ -95,6 +95,24 @@ impl From<&ieum_wire::v1::Endpoint> for Endpoint {
 }
 
 impl Snapshot {
+    /// A snapshot holding only `resources` (kind, name, spec; revision 1): what tests of
+    /// code that reads resources start from.
+    pub fn of_resources(resources: &[(&str, &str, serde_json::Value)]) -> Snapshot {
+        let mut s = Snapshot::default();
+        for (kind, name, spec) in resources {
+            s.resources.insert(
+                format!("{kind}/{name}"),
+                Resource {
+                    kind: (*kind).to_owned(),
+                    name: (*name).to_owned(),
+                    revision: 1,
+                    spec: spec.clone(),
+                },
+            );
+        }
+        s
+    }
+
     /// Applies one push-stream message.
     pub fn apply(&mut self, msg: &ServerMessage) {
         self.format = FORMAT;

@@ -361,6 +361,10 @@ pub const ROUTES: &[(&str, &str, Permission)] = {
         ("POST", "/v1/tokens", Admin),
         ("GET", "/v1/tokens", Admin),
         ("DELETE", "/v1/tokens/{name}", Admin),
+        // The API gateway's consumer keys: operators manage them.
+        ("POST", "/v1/apikeys", Operate),
+        ("GET", "/v1/apikeys", Operate),
+        ("DELETE", "/v1/apikeys/{id}", Operate),
     ]
 };
 
@@ -685,10 +689,7 @@ impl Guard {
 }
 
 /// Constant-time comparison, so a secret cannot be guessed byte by byte from timing.
-pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len()
-        && std::hint::black_box(a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y))) == 0
-}
+pub(crate) use ieum_model::secret::same;
 
 #[cfg(test)]
 mod tests;

@@ -110,7 +110,7 @@ fn kind_of(s: &str) -> Result<Kind, ApiError> {
 #[utoipa::path(post, path = "/v1/apply", tag = "config",
     params(("dryRun" = Option<bool>, Query, description = "Validate and diff only")),
     request_body(content = ApplyRequest, description = "JSON, or YAML documents with Content-Type application/yaml"),
-    responses((status = 200, body = ApplyResponse), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = ApplyResponse), (status = 400, body = ErrorBody, description = "Invalid resources; E3406: an `ApiKey` (create keys with POST /v1/apikeys)")))]
 pub(crate) async fn apply(
     State(app): State<AppState>,
     Extension(author): Extension<Author>,
@@ -153,19 +153,27 @@ pub(crate) async fn apply(
     Ok(Json(ApplyResponse { dry_run, results }))
 }
 
-/// Checks every resource; all errors of all resources, each naming its resource.
+/// Checks every resource; all errors of all resources, each naming its resource. Kinds
+/// that are not applied (`ApiKey`: `POST /v1/apikeys` creates them) are refused (`E3406`).
 pub(crate) fn check_all(resources: &[Resource]) -> Result<Vec<resource::Checked>, ApiError> {
     let mut checked = Vec::new();
     let mut errors: Vec<ValidationError> = Vec::new();
     for (i, r) in resources.iter().enumerate() {
+        let id = || {
+            if r.metadata.name.is_empty() {
+                format!("resource {}", i + 1)
+            } else {
+                format!("{}/{}", r.kind, r.metadata.name)
+            }
+        };
+        if let Err(e) = resource::applicable(r) {
+            errors.push(e.in_resource(id()));
+            continue;
+        }
         match resource::check(r) {
             Ok(c) => checked.push(c),
             Err(errs) => {
-                let id = if r.metadata.name.is_empty() {
-                    format!("resource {}", i + 1)
-                } else {
-                    format!("{}/{}", r.kind, r.metadata.name)
-                };
+                let id = id();
                 errors.extend(errs.into_iter().map(|e| e.in_resource(id.clone())));
             }
         }

@@ -16,6 +16,8 @@
 //! - `auth`: the route → permission table ([`auth::ROUTES`]), roles, and the middleware
 //!   that checks tokens; open on loopback without a token.
 //! - [`tokens`]: API tokens (create, list, revoke; hashed in the store, cached here).
+//! - `apikeys`: the API gateway's consumer keys (create, list, revoke), stored as `ApiKey`
+//!   resources that hold only each key's SHA-256.
 //! - `error`: [`ApiError`], the one error shape `{"error": {code, message, field}}`.
 //! - The web UI (`ieum-ui`) is merged in under `/ui`; `/` redirects there.
 //!
@@ -34,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 mod api;
+mod apikeys;
 pub mod auth;
 mod config;
 mod error;
@@ -107,6 +110,7 @@ pub fn router_with_mesh(
         ))
         .merge(ieum_ui::sagas_router(sagas))
         .merge(tokens::routes(tokens.clone(), state.registry.clone()))
+        .merge(apikeys::routes(state.registry.clone()))
         .merge(mesh::routes(mesh, tokens, state.registry.clone()))
         .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
         .route("/healthz", get(api::healthz))

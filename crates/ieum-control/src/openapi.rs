@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::{api, config, mesh, pubsub, saga, tokens, topics};
+use crate::{api, apikeys, config, mesh, pubsub, saga, tokens, topics};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -53,6 +53,9 @@ use crate::{api, config, mesh, pubsub, saga, tokens, topics};
         tokens::create,
         tokens::list,
         tokens::revoke,
+        apikeys::create,
+        apikeys::list,
+        apikeys::revoke,
     ),
     tags(
         (name = "services", description = "Service definitions and summaries"),
@@ -64,6 +67,7 @@ use crate::{api, config, mesh, pubsub, saga, tokens, topics};
         (name = "mesh", description = "Workload identity: the mesh's CA and certificates for sidecars and gateways"),
         (name = "pubsubs", description = "`memory` PubSubs hosted for sidecars: publish, subscribe, fetch, settle"),
         (name = "tokens", description = "API tokens and their roles (admin only)"),
+        (name = "apikeys", description = "API keys of the API gateway's consumers: created here only (the key is answered once; an `ApiKey` resource keeps its SHA-256), listed, revoked (operator)"),
     )
 )]
 struct ApiDoc;

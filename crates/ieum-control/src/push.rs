@@ -159,7 +159,8 @@ fn for_gateways(kind: &str) -> bool {
 
 struct Session {
     registry: Registry,
-    /// Whether the client is a gateway: it also gets every `Api`, `ApiConsumer`, `Flow`.
+    /// Whether the client is a gateway: it also gets every `Api`, `ApiConsumer`, `ApiKey`
+    /// and `Flow` (`GATEWAY_KINDS`).
     gateway: bool,
     /// Services the client calls: it gets their endpoints.
     calls: BTreeSet<String>,

@@ -8,9 +8,10 @@
 //!
 //! An **`ApiConsumer`** names the APIs a consumer may use and the JWT subjects that are
 //! that consumer. API keys are never written in resources: `ieum apikey create CONSUMER`
-//! prints a key once, and the server keeps only its SHA-256.
+//! prints a key once, and the server keeps only its SHA-256, as an **`ApiKey`** resource
+//! that only that endpoint writes (`ieum apply` refuses the kind).
 //!
-//! Validation codes: `E33xx`.
+//! Validation codes: `E33xx` (`Api`, `ApiConsumer`), `E34xx` (`ApiKey`).
 
 use serde::{Deserialize, Serialize};
 
@@ -678,3 +679,69 @@ fn valid_origin(o: &str) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+/// What every API key starts with, so a leaked one is recognised (by people and by secret
+/// scanners) as an ieum API key.
+pub const API_KEY_PREFIX: &str = "ieumk_";
+/// Longest `prefix` an `ApiKey` shows of its key.
+pub const MAX_KEY_PREFIX_LEN: usize = 8;
+
+/// The spec of an `ApiKey`: one key of an `ApiConsumer`, as gateways check it. The
+/// resource's name is the key's id (`mobile-app-3f9c2a`).
+///
+/// Only `POST /v1/apikeys` (`ieum apikey create CONSUMER`) writes one, never `apply`, so a
+/// key is always 256 random bits the server made. The spec holds no secret: a gateway
+/// hashes the presented key and compares the hash. Revoking a key is deleting the resource.
+/// Validation codes: `E34xx`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiKeySpec {
+    /// The `ApiConsumer` a request carrying this key is.
+    pub consumer: String,
+    /// SHA-256 of the whole key (`ieumk_…`, as presented), 64 lowercase hex digits.
+    pub sha256: String,
+    /// The first characters of the key after `ieumk_`, so people can tell their keys
+    /// apart; never enough to guess it.
+    pub prefix: String,
+    /// When the key stops being accepted; never when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<crate::Timestamp>,
+}
+
+impl ApiKeySpec {
+    /// Whether the key is still accepted at `now`.
+    pub fn valid_at(&self, now: crate::Timestamp) -> bool {
+        self.expires_at.is_none_or(|at| now < at)
+    }
+
+    /// Checks every field; paths are relative to `v`'s prefix.
+    pub fn validate(&self, v: &mut Validator) {
+        if let Err(m) = Name::parse(&self.consumer) {
+            v.error("E3401", "consumer", format!("an ApiConsumer's name {m}"));
+        }
+        v.check(
+            self.sha256.len() == 64
+                && self
+                    .sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "E3402",
+            "sha256",
+            || "must be the key's SHA-256 as 64 lowercase hex digits".into(),
+        );
+        v.check(
+            (1..=MAX_KEY_PREFIX_LEN).contains(&self.prefix.len())
+                && self
+                    .prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "E3403",
+            "prefix",
+            || {
+                format!(
+                    "must be 1 to {MAX_KEY_PREFIX_LEN} URL-safe characters (letters, digits, `-`, `_`)"
+                )
+            },
+        );
+    }
+}

@@ -40,6 +40,7 @@ pub mod policy;
 pub mod resource;
 pub mod route;
 pub mod saga;
+pub mod secret;
 pub mod service;
 pub mod telemetry;
 pub mod template;

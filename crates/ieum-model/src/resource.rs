@@ -8,7 +8,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{ApiConsumerSpec, ApiSpec};
+use crate::api::{ApiConsumerSpec, ApiKeySpec, ApiSpec};
 use crate::authz::AuthorizationPolicySpec;
 use crate::bridge::{BindingSpec, PubSubSpec, SubscriptionSpec};
 use crate::flow::FlowSpec;
@@ -76,11 +76,14 @@ pub enum Kind {
     Api,
     /// Who may call which `Api`s.
     ApiConsumer,
+    /// The hash of one API key of an `ApiConsumer`: created by `POST /v1/apikeys`, never
+    /// applied ([`applicable`]).
+    ApiKey,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Service,
         Kind::Route,
         Kind::ResiliencePolicy,
@@ -94,6 +97,7 @@ impl Kind {
         Kind::AuthorizationPolicy,
         Kind::Api,
         Kind::ApiConsumer,
+        Kind::ApiKey,
     ];
 
     /// The kind's name as written in `kind:`.
@@ -112,6 +116,7 @@ impl Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::Api => "Api",
             Kind::ApiConsumer => "ApiConsumer",
+            Kind::ApiKey => "ApiKey",
         }
     }
 
@@ -225,6 +230,22 @@ fn normalized<T: Serialize>(spec: &T) -> serde_json::Value {
     serde_json::to_value(spec).unwrap_or(serde_json::Value::Null)
 }
 
+/// Whether users may write `resource` with `apply` (and so `validate` and `diff` it): every
+/// kind but `ApiKey`, which only `POST /v1/apikeys` creates, so that every key is one the
+/// server generated (`E3406`, on field `kind`, otherwise).
+pub fn applicable(resource: &Resource) -> Result<(), ValidationError> {
+    if Kind::parse(&resource.kind) == Some(Kind::ApiKey) {
+        return Err(ValidationError::new(
+            "E3406",
+            "kind",
+            "API keys are not applied: create one with `ieum apikey create CONSUMER` \
+             (POST /v1/apikeys), which prints the key once; revoke it with \
+             `ieum apikey revoke ID`",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a resource completely: envelope, kind, name, spec shape, ranges. Every problem
 /// is reported; none is fatal to the others.
 pub fn check(resource: &Resource) -> Result<Checked, Vec<ValidationError>> {
@@ -315,6 +336,10 @@ pub fn check(resource: &Resource) -> Result<Checked, Vec<ValidationError>> {
             (normalized(&s), s.services())
         }),
         Kind::ApiConsumer => spec_of::<ApiConsumerSpec>(&spec).map(|s| {
+            s.validate(&mut v);
+            (normalized(&s), Vec::new())
+        }),
+        Kind::ApiKey => spec_of::<ApiKeySpec>(&spec).map(|s| {
             s.validate(&mut v);
             (normalized(&s), Vec::new())
         }),
@@ -465,6 +490,7 @@ pub fn json_schema(kind: Kind) -> serde_json::Value {
         Kind::AuthorizationPolicy => schema_of::<AuthorizationPolicySpec>(),
         Kind::Api => schema_of::<ApiSpec>(),
         Kind::ApiConsumer => schema_of::<ApiConsumerSpec>(),
+        Kind::ApiKey => schema_of::<ApiKeySpec>(),
     };
     let schema = serde_json::json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",

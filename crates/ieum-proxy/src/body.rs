@@ -31,6 +31,86 @@ where
     body.map_err(Into::into).boxed()
 }
 
+pin_project_lite::pin_project! {
+    /// A request body on its way through the proxy: the connection's own stream, held to a
+    /// size limit when the listener sets one (an API gateway's `maxBodyBytes`). Past the
+    /// limit the body fails, so the call upstream fails too, and the limit's flag (see
+    /// [`RequestBody::limited`]) says why.
+    pub struct RequestBody {
+        #[pin]
+        inner: hyper::body::Incoming,
+        limit: Option<Limit>,
+    }
+}
+
+#[derive(Debug)]
+struct Limit {
+    left: u64,
+    exceeded: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RequestBody {
+    /// The stream as it comes.
+    pub fn new(inner: hyper::body::Incoming) -> RequestBody {
+        RequestBody { inner, limit: None }
+    }
+
+    /// The stream, failing once more than `max` bytes have come; `exceeded` is set then.
+    pub fn limited(
+        inner: hyper::body::Incoming,
+        max: u64,
+        exceeded: Arc<std::sync::atomic::AtomicBool>,
+    ) -> RequestBody {
+        RequestBody {
+            inner,
+            limit: Some(Limit {
+                left: max,
+                exceeded,
+            }),
+        }
+    }
+}
+
+/// Why a limited request body failed.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than allowed")]
+pub struct BodyTooLarge;
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let frame = match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let (Some(limit), Some(data)) = (this.limit.as_mut(), frame.data_ref()) {
+            let n = data.len() as u64;
+            if n > limit.left {
+                limit.exceeded.store(true, Ordering::Release);
+                return Poll::Ready(Some(Err(BodyTooLarge.into())));
+            }
+            limit.left -= n;
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Counts requests in flight (request received, response body not yet finished), so a
 /// drain knows when it may stop.
 #[derive(Debug, Default)]

@@ -599,22 +599,9 @@ fn modify(headers: &mut HeaderMap, m: &HeaderModifier) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ieum_client::Resource;
 
     fn snapshot(resources: &[(&str, &str, serde_json::Value)]) -> Snapshot {
-        let mut s = Snapshot::default();
-        for (kind, name, spec) in resources {
-            s.resources.insert(
-                format!("{kind}/{name}"),
-                Resource {
-                    kind: (*kind).into(),
-                    name: (*name).into(),
-                    revision: 1,
-                    spec: spec.clone(),
-                },
-            );
-        }
-        s
+        Snapshot::of_resources(resources)
     }
 
     fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<()> {

@@ -13,7 +13,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 
 use crate::Shared;
 use crate::body::ProxyBody;
@@ -68,7 +67,10 @@ pub(crate) fn is_control_path(method: &Method, path: &str) -> bool {
 }
 
 /// Forwards `req` (a saga or flow start) to the server and answers with its response.
-pub(crate) async fn forward(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
+pub(crate) async fn forward(
+    shared: &Arc<Shared>,
+    req: Request<crate::body::RequestBody>,
+) -> Response<ProxyBody> {
     let Some(link) = shared.server.get() else {
         return crate::outbound::local(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -9,21 +9,20 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex, RwLock};
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use ieum_client::Snapshot;
 use ieum_resilience::balance::{BalancerHandle, Endpoint};
 use ieum_resilience::retry::RetryBody;
 use ieum_resilience::stack::{StackConfig, client};
 use tower::util::BoxCloneSyncService;
 
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, RequestBody};
 use crate::metrics::RouteMetrics;
 use crate::upstream::{Clients, Upstream, Wire, authority};
 
 /// The body the stack hands to endpoints.
-pub(crate) type UpBody = RetryBody<Incoming>;
+pub(crate) type UpBody = RetryBody<RequestBody>;
 /// A destination's stack: never fails (errors are answers with a reason).
-pub(crate) type Stack = BoxCloneSyncService<Request<Incoming>, Response<ProxyBody>, Infallible>;
+pub(crate) type Stack = BoxCloneSyncService<Request<RequestBody>, Response<ProxyBody>, Infallible>;
 
 /// Which stack a call uses.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -29,7 +29,7 @@ use tower::{BoxError, Layer, ServiceExt};
 use crate::Shared;
 use crate::access_log::Entry;
 use crate::authz::{self, Caller, RequestFacts};
-use crate::body::{Guarded, InFlight, ProxyBody, boxed, text};
+use crate::body::{Guarded, InFlight, ProxyBody, RequestBody, boxed, text};
 use crate::config::Config;
 use crate::mtls::inbound::Peer;
 use crate::trace::{Hop, Kind, Pending};
@@ -98,7 +98,8 @@ fn authorize<B>(shared: &Shared, config: &Config, req: &Request<B>) -> Option<Re
     ))
 }
 
-async fn forward(shared: &Shared, mut req: Request<Incoming>) -> Response<ProxyBody> {
+async fn forward(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
+    let mut req = req.map(RequestBody::new);
     let config = shared.config();
     if let Some(denied) = authorize(shared, &config, &req) {
         return denied;

@@ -141,13 +141,29 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use http::uri::Authority;
-use hyper::body::Incoming;
 use ieum_client::{Client, Snapshot};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use authz::PeerIdentity;
-pub use body::ProxyBody;
+
+/// Serves HTTP/1.1 and HTTP/2 (h2c) on `listener` with `handler`, one task per connection,
+/// until `stop` (then open connections finish the requests in progress): the accept loop of
+/// the sidecar's listeners, for other edges built on this crate (the API gateway).
+pub fn serve_http<F, Fut>(
+    listener: TcpListener,
+    stop: CancellationToken,
+    handler: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<http::Response<ProxyBody>, std::convert::Infallible>>
+        + Send
+        + 'static,
+{
+    server::spawn(listener, stop, None, handler)
+}
+pub use body::{BodyTooLarge, ProxyBody, RequestBody};
 pub use bridge::{BridgeOptions, BridgeStart, TopicTraffic};
 pub use metrics::{GoldenSignals, Traffic};
 pub use mtls::MeshConfig;
@@ -280,7 +296,7 @@ pub(crate) struct Shared {
     /// Pool towards other sidecars (bodies the retry layer can replay).
     up_client: Clients<UpBody>,
     /// Pool towards the app, and outside the mesh.
-    app_client: Clients<Incoming>,
+    app_client: Clients<body::RequestBody>,
     app_healthy: AtomicBool,
     /// Set by a drain: `/ready` answers 503 so load balancers stop sending.
     draining: AtomicBool,
@@ -612,6 +628,18 @@ impl Sidecar {
                 "drain grace period over with requests still in flight"
             );
         }
+    }
+
+    /// Calls `service` in process, as the app's call to it through the outbound listener
+    /// would go (routes, policies, balancing, mTLS, metrics, traces): what an API gateway
+    /// built on this sidecar does with each request it accepts. The request's path is the
+    /// service's; its body may be held to a limit ([`RequestBody::limited`]).
+    pub async fn call(
+        &self,
+        service: &str,
+        req: http::Request<RequestBody>,
+    ) -> http::Response<ProxyBody> {
+        outbound::call(self.shared.clone(), service.to_owned(), req).await
     }
 
     /// Requests in flight, inbound and outbound (response bodies included).

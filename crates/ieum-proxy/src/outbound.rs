@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 
 use crate::access_log::{Entry, Routed};
-use crate::body::{Guarded, InFlight, ProxyBody, text};
+use crate::body::{Guarded, InFlight, ProxyBody, RequestBody, text};
 use crate::config::{apply_request_filters, apply_response_filters, pick_backend};
 use crate::dest::{Dest, DestKey, has_up};
 use crate::metrics::Direction;
@@ -48,8 +48,27 @@ const INVOKE: &str = "/v1/invoke/";
 
 pub(crate) async fn handle(
     shared: Arc<Shared>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    Ok(dispatch(shared, req.map(RequestBody::new), None).await)
+}
+
+/// A call to `service` made in process (an API gateway's), as if it had come to the
+/// outbound listener for that service: routes, policies, balancing, metrics, traces.
+pub(crate) async fn call(
+    shared: Arc<Shared>,
+    service: String,
+    req: Request<RequestBody>,
+) -> Response<ProxyBody> {
+    dispatch(shared, req, Some(service)).await
+}
+
+/// Handles one request: for `service`, or where the request itself says.
+async fn dispatch(
+    shared: Arc<Shared>,
+    mut req: Request<RequestBody>,
+    service: Option<String>,
+) -> Response<ProxyBody> {
     let guard = InFlight::new(&shared.in_flight);
     let log = shared
         .access_log
@@ -61,7 +80,9 @@ pub(crate) async fn handle(
         let hop = Hop::enter(req.headers_mut());
         Pending::start(shared.tracer.as_ref(), hop, Kind::Client, &req)
     };
-    let res = if req.method() == http::Method::CONNECT {
+    let res = if let Some(service) = service {
+        proxy(&shared, service, req).await
+    } else if req.method() == http::Method::CONNECT {
         tunnel(&shared, req).await
     } else {
         match target(&req, shared.outbound_port) {
@@ -78,7 +99,7 @@ pub(crate) async fn handle(
         let (dst, route) = routed.map_or(("", ""), |r| (r.cluster.as_str(), r.route.as_str()));
         tracer.record(span.finish(&res, dst, route));
     }
-    Ok(res.map(|b| Guarded::wrap(b, guard)))
+    res.map(|b| Guarded::wrap(b, guard))
 }
 
 /// The answer to a destination outside the registry when egress is restricted.
@@ -164,7 +185,7 @@ fn target<B>(req: &Request<B>, own_port: u16) -> Target {
 async fn egress(
     shared: &Arc<Shared>,
     authority: Authority,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
 ) -> Response<ProxyBody> {
     if shared.egress == Egress::RegistryOnly {
         return refuse(shared, authority.as_str());
@@ -207,7 +228,7 @@ async fn egress(
 }
 
 /// `CONNECT host:port`: a TCP tunnel outside the mesh (HTTPS through the proxy).
-async fn tunnel(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn tunnel(shared: &Arc<Shared>, req: Request<RequestBody>) -> Response<ProxyBody> {
     let Some(authority) = req.uri().authority().cloned() else {
         return local(
             StatusCode::BAD_REQUEST,
@@ -250,7 +271,7 @@ async fn resolves(name: &str) -> bool {
 /// Longest wait for DNS when a name is not registered.
 const DNS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-async fn own_api(shared: &Arc<Shared>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+async fn own_api(shared: &Arc<Shared>, mut req: Request<RequestBody>) -> Response<ProxyBody> {
     if crate::bridge::is_bridge_path(req.uri().path()) {
         return crate::bridge::own_api(shared, req).await;
     }
@@ -311,7 +332,7 @@ pub(crate) fn local(status: StatusCode, reason: &'static str, body: String) -> R
 async fn proxy(
     shared: &Arc<Shared>,
     name: String,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
 ) -> Response<ProxyBody> {
     // Known to the control plane? (The one wait: a service never seen before.)
     // A name that cannot be a service (not a DNS label) is never asked for: the server

@@ -64,8 +64,12 @@ fn load(paths: &[PathBuf]) -> anyhow::Result<Vec<Resource>> {
         match resource::parse_documents(&text) {
             Ok(docs) => {
                 for doc in docs {
-                    if let Err(errs) = resource::check(&doc) {
-                        let id = format!("{}/{}", doc.kind, doc.metadata.name);
+                    let id = format!("{}/{}", doc.kind, doc.metadata.name);
+                    // API keys are made by `ieum apikey create`, never from files.
+                    let checked = resource::applicable(&doc)
+                        .map_err(|e| vec![e])
+                        .and_then(|()| resource::check(&doc));
+                    if let Err(errs) = checked {
                         problems.extend(
                             errs.into_iter().map(|e| {
                                 format!("{}: {}", file.display(), e.in_resource(id.clone()))

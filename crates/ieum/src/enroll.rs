@@ -215,6 +215,63 @@ async fn request(api: &Client, id: &SpiffeId, saved: &Saved) -> anyhow::Result<C
     Ok(credentials)
 }
 
+/// A workload that has enrolled (or runs without a mesh): the client it talks to the
+/// server with from then on, its data plane's mesh configuration, and its renewal, which
+/// stops when this is dropped.
+pub(crate) struct Enrolment {
+    /// Presents the certificate to an `https://` server instead of the token; the
+    /// original client otherwise.
+    pub(crate) api: Client,
+    /// `None` when the mesh is off (`--dev`) or the server runs no CA.
+    pub(crate) mesh: Option<ieum_proxy::MeshConfig>,
+    _renewal: tokio_util::sync::DropGuard,
+}
+
+/// Enrols `workload` with `api` (see [`enroll`]), keeping what it got in `dir`, and renews
+/// its certificate in the background until the [`Enrolment`] is dropped. A server that
+/// fails TLS verification is a setting to fix ([`Failure::Usage`], exit 2); anything else
+/// that stops enrolment is [`Failure::Unreachable`] (exit 3).
+pub(crate) async fn enrolment(
+    api: Client,
+    workload: &str,
+    dir: &Path,
+    wait: Duration,
+) -> anyhow::Result<Enrolment> {
+    let enrolled =
+        enroll(&api, workload, dir, wait)
+            .await
+            .map_err(|e| match e.downcast_ref::<Failure>() {
+                Some(Failure::Usage(_)) => Failure::Usage(format!("{e:#}")),
+                _ => Failure::Unreachable(format!("{e:#}")),
+            })?;
+    let by_token = api.clone();
+    let api = match &enrolled {
+        Some(e) => api.as_workload(&e.identity)?.unwrap_or(api),
+        None => api,
+    };
+    let stop = CancellationToken::new();
+    let mesh = enrolled.map(|e| {
+        tokio::spawn(renew(
+            api.clone(),
+            by_token,
+            e.identity.clone(),
+            e.id.clone(),
+            Saved::at(dir),
+            stop.clone(),
+        ));
+        ieum_proxy::MeshConfig {
+            identity: e.identity,
+            roots: e.roots,
+            trust_domain: e.trust_domain,
+        }
+    });
+    Ok(Enrolment {
+        api,
+        mesh,
+        _renewal: stop.drop_guard(),
+    })
+}
+
 /// Renews `identity`'s certificate whenever two thirds of its lifetime have passed, until
 /// `stop`; a failed renewal is retried while the current certificate is still valid. The
 /// request goes with the certificate itself (`by_certificate`) while it is valid, with the

@@ -7,8 +7,11 @@
 //! - `config_cli`: configuration commands (`apply`, `validate`, `diff`, `delete`,
 //!   `history`, `schema`).
 //! - `sidecar`: `ieum run` and `ieum sidecar`.
+//! - `gateway`: `ieum gateway`, the API gateway (`ieum-gateway` on the sidecar's outbound
+//!   library).
 //! - `demo`: `ieum demo`, the whole system with an example shop, and its apps.
 //! - `token_cli`: `ieum token create|list|revoke` (API tokens and roles).
+//! - `apikey_cli`: `ieum apikey create|list|revoke` (API keys of the gateway's consumers).
 //! - `process`: SIGTERM to processes and process groups.
 //!
 //! Exit codes: 0 ok, 1 rejected or invalid, 2 usage error, 3 server unreachable.
@@ -17,11 +20,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod apikey_cli;
 mod cli;
 mod client;
 mod config_cli;
 mod demo;
 mod enroll;
+mod gateway;
 mod output;
 mod process;
 mod server;
@@ -83,12 +88,18 @@ enum Command {
     /// Run the sidecar alone (containers, systemd): `ieum sidecar --service orders
     /// --app-port 8080`.
     Sidecar(sidecar::SidecarArgs),
+    /// Run an API gateway: publishes `kind: Api` resources at --listen (default
+    /// 127.0.0.1:7780) and calls the services behind them through the mesh.
+    Gateway(gateway::GatewayArgs),
     /// Register an instance and keep it alive with heartbeats until stopped (for VMs and
     /// scripts); deregisters it on Ctrl-C.
     Register(cli::RegisterArgs),
     /// API tokens and their roles: `ieum token create ci --role operator`, `ieum token
     /// list`, `ieum token revoke ci`.
     Token(token_cli::TokenArgs),
+    /// API keys of the gateway's consumers: `ieum apikey create mobile-app` (prints the key
+    /// once), `ieum apikey list`, `ieum apikey revoke ID`.
+    Apikey(apikey_cli::ApikeyArgs),
     /// One of the demo's example services (started by `ieum demo`).
     #[command(hide = true)]
     DemoApp(demo::apps::AppArgs),
@@ -128,6 +139,7 @@ fn main() -> ExitCode {
             Command::DemoApp(args) => done(demo::apps::run(args).await),
             Command::Run(args) => sidecar::run(&ctx, args).await,
             Command::Sidecar(args) => sidecar::sidecar(&ctx, args).await,
+            Command::Gateway(args) => done(gateway::run(&ctx, args).await),
             Command::Server(args) => done(server::run(args).await),
             Command::Get(args) => done(cli::get(&ctx, args).await),
             Command::Describe(args) => done(cli::describe(&ctx, args).await),
@@ -140,6 +152,7 @@ fn main() -> ExitCode {
             Command::History(args) => done(config_cli::history(&ctx, args).await),
             Command::Schema(args) => done(config_cli::schema(&args)),
             Command::Token(args) => done(token_cli::run(&ctx, args).await),
+            Command::Apikey(args) => done(apikey_cli::run(&ctx, args).await),
         }
     });
     match result {

@@ -525,7 +525,7 @@ fn init_logging() {
         .try_init();
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     #[cfg(unix)]
     {
         let mut term =

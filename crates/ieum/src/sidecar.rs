@@ -292,41 +292,15 @@ async fn lifecycle(
     // 1. The workload's identity before anything else talks to the mesh: its certificate
     //    (renewed in place from then on) makes every call between sidecars mTLS, and,
     //    with an `https://` server, is what the sidecar authenticates with from then on.
-    let identity_dir = args.data_dir.join(format!("identity-{service}"));
-    let enrolled = crate::enroll::enroll(
-        &api,
+    let enrolment = crate::enroll::enrolment(
+        api,
         service.as_str(),
-        &identity_dir,
+        &args.data_dir.join(format!("identity-{service}")),
         args.snapshot_wait.get(),
     )
-    .await
-    .map_err(|e| match e.downcast_ref::<Failure>() {
-        // A server that fails verification is a setting to fix (exit 2).
-        Some(Failure::Usage(_)) => Failure::Usage(format!("{e:#}")),
-        _ => Failure::Unreachable(format!("{e:#}")),
-    })?;
-    let by_token = api.clone();
-    let api = match &enrolled {
-        Some(e) => api.as_workload(&e.identity)?.unwrap_or(api),
-        None => api,
-    };
-    let stop_renewal = tokio_util::sync::CancellationToken::new();
-    let mesh = enrolled.map(|e| {
-        tokio::spawn(crate::enroll::renew(
-            api.clone(),
-            by_token,
-            e.identity.clone(),
-            e.id.clone(),
-            crate::enroll::Saved::at(&identity_dir),
-            stop_renewal.clone(),
-        ));
-        ieum_proxy::MeshConfig {
-            identity: e.identity,
-            roots: e.roots,
-            trust_domain: e.trust_domain,
-        }
-    });
-    let _stop_renewal = stop_renewal.drop_guard();
+    .await?;
+    let api = enrolment.api.clone();
+    let mesh = enrolment.mesh.clone();
 
     // 2. The push stream and the first snapshot, so the app's first call already works.
     let push = ieum_client::Client::start(ieum_client::Options {

@@ -882,51 +882,10 @@ async fn traffic_between_sidecars_is_mtls_and_survives_certificate_renewals() {
     assert!(served >= calls, "{served} of {calls} calls seen over mTLS");
 }
 
-/// A stand-in HTTP service answering every request `200 {"ok":true}` (one request per
-/// connection): an app to be healthy, a saga participant.
+/// A stand-in HTTP service answering every request `200 {"ok":true}`: an app to be
+/// healthy, a saga participant.
 fn http_ok_app() -> u16 {
-    use std::io::{Read as _, Write as _};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                // Headers, then as much body as Content-Length says.
-                let body_at = loop {
-                    let Ok(n) = conn.read(&mut buf) else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    if let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                };
-                let head = String::from_utf8_lossy(&seen[..body_at]).to_ascii_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                while seen.len() < body_at + length {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let body = br#"{"ok":true}"#;
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = conn.write_all(body);
-            });
-        }
-    });
-    port
+    support::http_app(|_| r#"{"ok":true}"#.to_owned())
 }
 
 /// A client of an `https://` server that trusts the CA in `ca_file`.

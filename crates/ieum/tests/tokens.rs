@@ -260,3 +260,83 @@ fn assert_token_file_kept(dir: &Path, admin: &str) {
     let kept = std::fs::read_to_string(dir.join("admin.token")).unwrap();
     assert_eq!(kept.trim(), admin, "the admin token file is left as it was");
 }
+
+const CONSUMER: &str = "apiVersion: ieum.dev/v1\nkind: Api\nmetadata: {name: shop}\nspec: {basePath: /shop, backend: {service: orders}, auth: {apiKey: {}}}\n---\napiVersion: ieum.dev/v1\nkind: ApiConsumer\nmetadata: {name: mobile-app}\nspec: {apis: [shop]}\n";
+
+#[test]
+fn api_keys_are_created_listed_and_revoked_with_the_cli() {
+    let db = ieum_store::testing::TestDb::sqlite();
+    let dir = db.dir().unwrap();
+    let admin = "fedcba9876543210".repeat(4);
+    std::fs::write(dir.join("admin.token"), format!("{admin}\n")).unwrap();
+    let server = Server::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &dir.display().to_string(),
+        "--require-tokens",
+    ]);
+    let ops = create(&server, &admin, &["ops", "--role", "operator"]);
+    let file = dir.join("consumer.yaml");
+    std::fs::write(&file, CONSUMER).unwrap();
+    let (code, _, err) = ieum(
+        &server,
+        Some(&ops),
+        &["apply", "-f", &file.display().to_string()],
+    );
+    assert_eq!(code, 0, "{err}");
+
+    let (code, _, err) = ieum(&server, Some(&ops), &["apikey", "create", "web"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("E3405"), "{err}");
+    // The key alone on stdout; its id on stderr.
+    let (code, out, err) = ieum(&server, Some(&ops), &["apikey", "create", "mobile-app"]);
+    assert_eq!(code, 0, "{err}");
+    let key = out.strip_suffix('\n').expect("one line");
+    assert!(key.starts_with("ieumk_") && key.len() == 49, "{out:?}");
+    assert!(!err.contains(key), "{err}");
+    let id = err.split('`').nth(1).expect("the id on stderr").to_owned();
+    assert!(id.starts_with("mobile-app-"), "{err}");
+
+    let (code, out, err) = ieum(
+        &server,
+        Some(&ops),
+        &["apikey", "list", "--consumer", "mobile-app"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&id) && out.contains(&key[..12]), "{out}");
+    assert!(!out.contains(key), "{out}");
+
+    // A key cannot come from a file.
+    let forged = dir.join("key.yaml");
+    std::fs::write(
+        &forged,
+        format!("apiVersion: ieum.dev/v1\nkind: ApiKey\nmetadata: {{name: {id}}}\nspec: {{consumer: mobile-app, sha256: {}, prefix: x}}\n", "0".repeat(64)),
+    )
+    .unwrap();
+    let (code, _, err) = ieum(
+        &server,
+        Some(&ops),
+        &["apply", "-f", &forged.display().to_string()],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("E3406") && err.contains("ieum apikey create"),
+        "{err}"
+    );
+
+    let (code, out, err) = ieum(&server, Some(&ops), &["apikey", "revoke", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("revoked"), "{out}");
+    let (code, out, _) = ieum(&server, Some(&ops), &["apikey", "list", "-o", "json"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "[]");
+
+    let logs: Vec<String> = server
+        .early
+        .iter()
+        .cloned()
+        .chain(server.logs.try_iter())
+        .collect();
+    assert!(logs.iter().all(|l| !l.contains(key)), "the key was logged");
+}

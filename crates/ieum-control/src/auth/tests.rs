@@ -66,8 +66,16 @@ fn every_registered_route_has_a_permission() {
     let mut files = Vec::new();
     routes_in(&here.join("src"), &mut registered, &mut files);
     routes_in(&here.join("../ieum-ui/src"), &mut registered, &mut files);
-    // The scan sees the routers it must: the API, sagas, PubSubs, tokens and the UI.
-    for f in ["lib.rs", "saga.rs", "pubsub.rs", "tokens.rs", "sagas.rs"] {
+    // The scan sees the routers it must: the API, sagas, PubSubs, tokens, API keys and the
+    // UI.
+    for f in [
+        "lib.rs",
+        "saga.rs",
+        "pubsub.rs",
+        "tokens.rs",
+        "apikeys.rs",
+        "sagas.rs",
+    ] {
         assert!(
             files.iter().any(|p| p.ends_with(f)),
             "{f} not scanned: {files:?}"

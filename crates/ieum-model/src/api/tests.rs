@@ -188,3 +188,78 @@ fn paths_hosts_and_origins() {
     assert!(!valid_origin("https://shop.example/"));
     assert!(!valid_origin("shop.example"));
 }
+
+#[test]
+fn an_api_key_holds_a_hash_a_prefix_and_its_consumer() {
+    let sha = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    let key = |spec: &str| {
+        format!(
+            "apiVersion: ieum.dev/v1\nkind: ApiKey\nmetadata: {{name: mobile-app-3f9c2a}}\nspec: {spec}\n"
+        )
+    };
+    let docs = parse_documents(&key(&format!(
+        "{{consumer: mobile-app, sha256: {sha}, prefix: Ab-_9z}}"
+    )))
+    .unwrap();
+    let checked = check(&docs[0]).unwrap();
+    assert_eq!(checked.kind, Kind::ApiKey);
+    assert!(checked.services.is_empty(), "no sidecar's business");
+    let spec: ApiKeySpec = serde_json::from_value(checked.spec).unwrap();
+    assert_eq!(spec.sha256, sha);
+    assert!(spec.valid_at(crate::Timestamp::from_millis(i64::MAX)));
+
+    // Every field wrong at once: each named with its code.
+    assert_eq!(
+        errors(&key(&format!(
+            "{{consumer: Mobile_App, sha256: {}, prefix: 'ab+'}}",
+            sha.to_uppercase()
+        ))),
+        [
+            "E3401 spec.consumer",
+            "E3402 spec.sha256",
+            "E3403 spec.prefix"
+        ]
+    );
+    assert_eq!(
+        errors(&key(&format!(
+            "{{consumer: m, sha256: {}, prefix: abcdefghi}}",
+            &sha[..63]
+        ))),
+        ["E3402 spec.sha256", "E3403 spec.prefix"]
+    );
+    assert_eq!(
+        errors(&key(&format!("{{consumer: m, sha256: {sha}, prefix: ''}}"))),
+        ["E3403 spec.prefix"]
+    );
+    // No room for the key itself.
+    assert_eq!(
+        errors(&key(&format!(
+            "{{consumer: m, sha256: {sha}, prefix: ab, key: ieumk_x}}"
+        ))),
+        ["E1002 spec.key"]
+    );
+
+    let expiring = parse_documents(&key(&format!(
+        "{{consumer: m, sha256: {sha}, prefix: ab, expiresAt: '2030-01-01T00:00:00Z'}}"
+    )))
+    .unwrap();
+    let spec: ApiKeySpec = serde_json::from_value(check(&expiring[0]).unwrap().spec).unwrap();
+    let at = spec.expires_at.unwrap();
+    assert!(spec.valid_at(crate::Timestamp::from_millis(at.as_millis() - 1)));
+    assert!(!spec.valid_at(at));
+}
+
+#[test]
+fn api_keys_are_not_applied() {
+    let docs = parse_documents(
+        "apiVersion: ieum.dev/v1\nkind: ApiKey\nmetadata: {name: k}\nspec: {}\n---\napiVersion: ieum.dev/v1\nkind: ApiConsumer\nmetadata: {name: c}\nspec: {apis: [a]}\n",
+    )
+    .unwrap();
+    let refused = crate::resource::applicable(&docs[0]).unwrap_err();
+    assert_eq!(
+        (refused.code.as_str(), refused.field.as_str()),
+        ("E3406", "kind")
+    );
+    assert!(refused.message.contains("ieum apikey create"), "{refused}");
+    assert!(crate::resource::applicable(&docs[1]).is_ok());
+}

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use ieum_bridge::cloudevents::http::event_from_request;
 use ieum_bridge::cloudevents::{CloudEvent, PARTITION_KEY, TRACEPARENT};
 use ieum_bridge::{BrokerError, cloudevents};
@@ -52,7 +51,10 @@ pub(crate) fn is_bridge_path(path: &str) -> bool {
 }
 
 /// Serves `/v1/publish/…` and `/v1/bindings/…`.
-pub(crate) async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
+pub(crate) async fn handle(
+    shared: &Arc<Shared>,
+    req: Request<crate::body::RequestBody>,
+) -> Response<ProxyBody> {
     if req.method() != Method::POST {
         let mut res = answer(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -107,7 +109,7 @@ async fn publish(
     pubsub: &str,
     topic: &str,
     binding: Option<BindingFormat>,
-    req: Request<Incoming>,
+    req: Request<crate::body::RequestBody>,
 ) -> Response<ProxyBody> {
     let resources = shared.bridge.resources();
     let Some((spec, revision)) = resources.pubsubs.get(pubsub) else {

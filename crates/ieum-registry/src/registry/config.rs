@@ -12,8 +12,10 @@ use serde::Serialize;
 use super::{Registry, define_service, event};
 use crate::RegistryError;
 
-/// The kinds every gateway receives whole ([`Registry::gateway_resources`]).
-pub const GATEWAY_KINDS: [Kind; 3] = [Kind::Api, Kind::ApiConsumer, Kind::Flow];
+/// The kinds every gateway receives whole ([`Registry::gateway_resources`]): what it
+/// publishes, who may use it and, to check their keys, the hashes of those keys (which no
+/// sidecar ever receives).
+pub const GATEWAY_KINDS: [Kind; 4] = [Kind::Api, Kind::ApiConsumer, Kind::ApiKey, Kind::Flow];
 
 /// What applying one resource did (or, in a dry run, would do).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -308,7 +310,7 @@ impl Registry {
         Ok(revisions)
     }
 
-    /// What a gateway publishes: every `Api`, `ApiConsumer` and `Flow`.
+    /// What a gateway publishes: every `Api`, `ApiConsumer`, `ApiKey` and `Flow`.
     pub async fn gateway_resources(&self) -> Result<Vec<StoredResource>, RegistryError> {
         let store = &self.core.store;
         let mut out = Vec::new();
@@ -349,8 +351,9 @@ impl Registry {
                     // they name, or to every client when they name none.
                     Kind::Binding => names("service") || r.spec["service"].is_null(),
                     // Run by the server (sagas, flows) or published by gateways
-                    // (`gateway_resources`): no sidecar needs them.
-                    Kind::Saga | Kind::Flow | Kind::Api | Kind::ApiConsumer => false,
+                    // (`gateway_resources`): no sidecar needs them, and none may hold
+                    // API keys' hashes.
+                    Kind::Saga | Kind::Flow | Kind::Api | Kind::ApiConsumer | Kind::ApiKey => false,
                     Kind::Route => {
                         r.spec["service"]
                             .as_str()

@@ -1,0 +1,285 @@
+//! One request at the edge: match, authenticate, limit, call, answer.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use ieum_model::Timestamp;
+use ieum_model::api::{ApiSpec, OperationSet, Operations};
+use ieum_model::route::HeaderModifier;
+use ieum_proxy::{ProxyBody, RequestBody, Sidecar};
+use ieum_resilience::classify::SOURCE_HEADER;
+
+use crate::catalog::{Catalog, PublishedApi};
+
+/// The header that tells a service which consumer called, set by the gateway only.
+pub(crate) const CONSUMER_HEADER: &str = "ieum-consumer";
+/// The header that tells a service which API a call came through.
+pub(crate) const API_HEADER: &str = "ieum-api";
+
+pub(crate) struct Edge {
+    pub(crate) name: String,
+    pub(crate) sidecar: Sidecar,
+    pub(crate) catalog: Arc<RwLock<Arc<Catalog>>>,
+}
+
+impl Edge {
+    pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let catalog = self
+            .catalog
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let host = host_of(&req);
+        let Some((api, rest)) = catalog.find(host.as_deref(), req.uri().path()) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "no API is published at this path",
+            );
+        };
+        let spec = &api.spec;
+        if spec.operations == Operations::Named(OperationSet::FromOpenApi) {
+            // Fail closed: exposing every operation would publish more than was asked.
+            return error(
+                StatusCode::NOT_IMPLEMENTED,
+                "not-implemented",
+                "this API takes its operations from an OpenAPI document, which this gateway does not read yet",
+            );
+        }
+        if !operation_exposed(spec, req.method().as_str(), &rest) {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "this API has no such operation",
+            );
+        }
+        let consumer = match authenticate(&catalog, api, req.headers()) {
+            Ok(c) => c,
+            Err(refused) => return refused.answer(api),
+        };
+        let Some(service) = spec.backend.service.as_ref().map(ToString::to_string) else {
+            return error(
+                StatusCode::NOT_IMPLEMENTED,
+                "not-implemented",
+                "this API is served by a flow, which this gateway does not run yet",
+            );
+        };
+        if declared_length(req.headers()).is_some_and(|n| n > spec.max_body_bytes) {
+            return too_large(spec.max_body_bytes);
+        }
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let (mut parts, body) = req.into_parts();
+        let body = RequestBody::limited(body, spec.max_body_bytes, exceeded.clone());
+        // The consumer a service can trust: never the client's own copies.
+        parts.headers.remove(CONSUMER_HEADER);
+        parts.headers.remove(API_HEADER);
+        if let Some(c) = &consumer
+            && let Ok(v) = HeaderValue::from_str(c)
+        {
+            parts.headers.insert(CONSUMER_HEADER, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&api.name) {
+            parts.headers.insert(API_HEADER, v);
+        }
+        if let Some(m) = &spec.request_headers {
+            modify(&mut parts.headers, m);
+        }
+        let path_and_query = match parts.uri.query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest,
+        };
+        parts.uri = match Uri::try_from(path_and_query) {
+            Ok(u) => u,
+            Err(_) => return error(StatusCode::BAD_REQUEST, "bad-request", "invalid path"),
+        };
+        let mut res = self
+            .sidecar
+            .call(&service, Request::from_parts(parts, body))
+            .await;
+        if exceeded.load(Ordering::Acquire) {
+            return too_large(spec.max_body_bytes);
+        }
+        if res.headers().contains_key(SOURCE_HEADER) {
+            // The mesh answered (no instance, breaker open, timeout): say so without
+            // naming anything inside.
+            tracing::debug!(gateway = %self.name, api = %api.name, status = %res.status(), "the mesh answered for the service");
+            let status = res.status();
+            let (code, message) = match status {
+                StatusCode::GATEWAY_TIMEOUT => ("timeout", "the API did not answer in time"),
+                StatusCode::TOO_MANY_REQUESTS => ("rate-limited", "too many requests; retry later"),
+                _ => ("unavailable", "the API is unavailable; retry later"),
+            };
+            let retry_after = res.headers().get(header::RETRY_AFTER).cloned();
+            res = error(status, code, message);
+            if let Some(v) = retry_after {
+                res.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return res;
+        }
+        if let Some(m) = &spec.response_headers {
+            modify(res.headers_mut(), m);
+        }
+        res
+    }
+}
+
+/// The request's host without its port: the `:authority` of HTTP/2, or `Host`.
+fn host_of<B>(req: &Request<B>) -> Option<String> {
+    let raw = req.uri().host().map(str::to_owned).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+    })?;
+    let host = match raw.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h.to_owned(),
+        _ => raw,
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+/// Whether the API exposes `method path` (a path below its base path).
+fn operation_exposed(spec: &ApiSpec, method: &str, path: &str) -> bool {
+    match &spec.operations {
+        Operations::Named(OperationSet::All) => true,
+        Operations::Named(OperationSet::FromOpenApi) => false,
+        Operations::List(ops) => ops.iter().any(|op| op.matches(method, path)),
+    }
+}
+
+/// Why a request was refused its API.
+enum Refused {
+    /// No credential, and the API is not anonymous.
+    NoCredential,
+    /// A key no consumer holds.
+    UnknownKey,
+    /// A consumer the API is not granted to.
+    NotGranted,
+}
+
+impl Refused {
+    /// The 401 (with the API's challenges) or 403.
+    fn answer(self, api: &PublishedApi) -> Response<ProxyBody> {
+        let message = match self {
+            Refused::NoCredential => "this API needs a credential",
+            Refused::UnknownKey => "the API key is not valid",
+            Refused::NotGranted => {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "this consumer may not use this API",
+                );
+            }
+        };
+        let mut res = error(StatusCode::UNAUTHORIZED, "unauthorized", message);
+        let auth = &api.spec.auth;
+        let mut challenges = Vec::new();
+        if let Some(k) = &auth.api_key {
+            challenges.push(format!(
+                "ApiKey realm=\"{}\", header=\"{}\"",
+                api.name, k.header
+            ));
+        }
+        if auth.jwt.is_some() {
+            challenges.push(format!("Bearer realm=\"{}\"", api.name));
+        }
+        for c in challenges {
+            if let Ok(v) = HeaderValue::from_str(&c) {
+                res.headers_mut().append(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        res
+    }
+}
+
+/// The consumer of a request (`None`: anonymous), or why it is refused.
+fn authenticate(
+    catalog: &Catalog,
+    api: &PublishedApi,
+    headers: &HeaderMap,
+) -> Result<Option<String>, Refused> {
+    let auth = &api.spec.auth;
+    let key_header = auth.api_key.as_ref().map(|k| k.header.as_str());
+    let Some(presented) = key_header.and_then(|h| headers.get(h)) else {
+        return if auth.anonymous {
+            Ok(None)
+        } else {
+            Err(Refused::NoCredential)
+        };
+    };
+    let consumer = presented
+        .to_str()
+        .ok()
+        .and_then(|k| catalog.consumer_of_key(k.trim(), Timestamp::from_system(SystemTime::now())))
+        .ok_or(Refused::UnknownKey)?;
+    if !catalog.may_use(consumer, &api.name) {
+        return Err(Refused::NotGranted);
+    }
+    Ok(Some(consumer.to_owned()))
+}
+
+fn too_large(max: u64) -> Response<ProxyBody> {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body-too-large",
+        &format!("the request body is larger than this API accepts ({max} bytes)"),
+    )
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Applies a header rule.
+fn modify(headers: &mut HeaderMap, m: &HeaderModifier) {
+    for name in &m.remove {
+        if let Ok(n) = HeaderName::try_from(name.as_str()) {
+            headers.remove(n);
+        }
+    }
+    for (h, append) in m
+        .set
+        .iter()
+        .map(|h| (h, false))
+        .chain(m.add.iter().map(|h| (h, true)))
+    {
+        let (Ok(n), Ok(v)) = (
+            HeaderName::try_from(h.name.as_str()),
+            HeaderValue::try_from(h.value.as_str()),
+        ) else {
+            continue;
+        };
+        if append {
+            headers.append(n, v);
+        } else {
+            headers.insert(n, v);
+        }
+    }
+}
+
+/// A JSON error made by the gateway: `{"error": {"code", "message"}}`.
+fn error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let mut res = Response::new(
+        http_body_util::Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}

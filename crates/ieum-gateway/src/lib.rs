@@ -1,0 +1,118 @@
+//! The API gateway: what a business offers its users, published as managed APIs.
+//!
+//! ```text
+//!  consumer ──HTTP──► gateway listener ──(Api: host, base path, operation, auth, limits)──►
+//!      Sidecar::call(service) ──mTLS as gateway:NAME──► the service's sidecar ──► its app
+//! ```
+//!
+//! A [`Gateway`] serves one listener in front of an [`ieum_proxy::Sidecar`] (its outbound
+//! library: discovery, routes, resilience, mTLS, metrics, traces) whose push client follows
+//! the server as a gateway, so its snapshot holds every `Api`, `ApiConsumer`, `ApiKey` and
+//! `Flow`. For each request:
+//!
+//! 1. the `Api` whose host names and base path match (the longest base path wins); none is
+//!    404 with nothing internal in it;
+//! 2. the operation, when the API lists them (404 otherwise);
+//! 3. the consumer: an API key (its SHA-256 compared with every known key's, in constant
+//!    time each) or, with `anonymous`, nobody; a missing or unknown credential is 401 with
+//!    `WWW-Authenticate`, a consumer the API is not granted to is 403;
+//! 4. the body limit: a declared length above it is 413 at once, a streamed body is cut
+//!    off past it and answered 413;
+//! 5. the call: the base path stripped, client-supplied `ieum-consumer` headers removed
+//!    and the authenticated consumer set, header rules applied, then the service through
+//!    the mesh. An answer the mesh made itself (no instance, breaker open, timeout) is
+//!    replaced by a short JSON error with no internal name or address.
+//!
+//! `catalog` compiles the snapshot's resources into what requests are matched against,
+//! once per snapshot change; `edge` handles one request.
+
+mod catalog;
+mod edge;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use ieum_proxy::Sidecar;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use catalog::Catalog;
+
+/// What a gateway is started with.
+pub struct GatewayConfig {
+    /// The gateway's name (`gateway:NAME` in the mesh).
+    pub name: String,
+    /// Where consumers connect.
+    pub listen: SocketAddr,
+    /// The outbound library the gateway calls services through; its push client must
+    /// follow the server as this gateway (`ieum_client::Options::gateway`).
+    pub sidecar: Sidecar,
+    /// That push client.
+    pub client: ieum_client::Client,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    catalog: Arc<RwLock<Arc<Catalog>>>,
+}
+
+impl Gateway {
+    /// Binds the listener and serves until [`Gateway::shutdown`].
+    pub async fn start(config: GatewayConfig) -> std::io::Result<Gateway> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let catalog = Arc::new(RwLock::new(Arc::new(Catalog::compile(
+            &config.client.snapshot(),
+        ))));
+        // Recompile on every snapshot change.
+        let mut changes = config.client.changes();
+        let (follow, until) = (catalog.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = until.cancelled() => return,
+                }
+                let compiled = Arc::new(Catalog::compile(&changes.borrow_and_update()));
+                *follow
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = compiled;
+            }
+        });
+        let edge = Arc::new(edge::Edge {
+            name: config.name,
+            sidecar: config.sidecar,
+            catalog: catalog.clone(),
+        });
+        ieum_proxy::serve_http(listener, stop.clone(), move |req| {
+            let edge = edge.clone();
+            async move { Ok(edge.handle(req).await) }
+        });
+        Ok(Gateway {
+            addr,
+            stop,
+            catalog,
+        })
+    }
+
+    /// The listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The APIs in effect.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Stops accepting; open connections finish the requests in progress.
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+}
