@@ -13,6 +13,8 @@ pub struct Catalog {
     /// Longest base path first, so the first match is the most specific.
     apis: Vec<PublishedApi>,
     consumers: HashMap<String, BTreeSet<String>>,
+    /// JWT subjects, by the consumer they are (`ApiConsumer.jwtSubjects`).
+    subjects: HashMap<String, String>,
     keys: Vec<Key>,
 }
 
@@ -60,6 +62,11 @@ impl Catalog {
                         .filter_map(|a| a.as_str().map(str::to_owned))
                         .collect();
                     catalog.consumers.insert(r.name.clone(), apis);
+                    for sub in r.spec["jwtSubjects"].as_array().into_iter().flatten() {
+                        if let Some(sub) = sub.as_str() {
+                            catalog.subjects.insert(sub.to_owned(), r.name.clone());
+                        }
+                    }
                 }
                 "ApiKey" => {
                     let spec = serde_json::from_value::<ApiKeySpec>(r.spec.clone()).ok();
@@ -116,6 +123,11 @@ impl Catalog {
             .map(|k| k.consumer.as_str())
     }
 
+    /// The consumer a JWT subject is.
+    pub(crate) fn consumer_of_subject(&self, sub: &str) -> Option<&str> {
+        self.subjects.get(sub).map(String::as_str)
+    }
+
     /// Whether `consumer` is granted `api` (an `ApiConsumer` listing it).
     pub(crate) fn may_use(&self, consumer: &str, api: &str) -> bool {
         self.consumers
@@ -127,9 +139,6 @@ impl Catalog {
 /// The fields of `spec` this gateway accepts but does not act on yet.
 fn unenforced(spec: &ApiSpec) -> Vec<&'static str> {
     [
-        ("rateLimit", spec.rate_limit.is_some()),
-        ("quota", spec.quota.is_some()),
-        ("cors", spec.cors.is_some()),
         ("timeouts", spec.timeouts.is_some()),
         ("retry", spec.retry.is_some()),
     ]

@@ -10,12 +10,15 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use ieum_model::Timestamp;
-use ieum_model::api::{ApiSpec, OperationSet, Operations};
+use ieum_model::api::{ApiSpec, JwtAuth, OperationSet, Operations};
 use ieum_model::route::HeaderModifier;
 use ieum_proxy::{ProxyBody, RequestBody, Sidecar};
 use ieum_resilience::classify::SOURCE_HEADER;
 
 use crate::catalog::{Catalog, PublishedApi};
+use crate::cors;
+use crate::jwt::{JwtError, JwtVerifier};
+use crate::limits::{self, Limits};
 
 /// The header that tells a service which consumer called, set by the gateway only.
 pub(crate) const CONSUMER_HEADER: &str = "ieum-consumer";
@@ -26,6 +29,41 @@ pub(crate) struct Edge {
     pub(crate) name: String,
     pub(crate) sidecar: Sidecar,
     pub(crate) catalog: Arc<RwLock<Arc<Catalog>>>,
+    pub(crate) limits: Limits,
+    pub(crate) jwt: Verifiers,
+}
+
+/// One JWT verifier per API with `auth.jwt`, kept while its settings stay the same so
+/// its cache of the issuer's keys survives configuration pushes.
+pub(crate) struct Verifiers {
+    http: reqwest::Client,
+    by_api: std::sync::Mutex<std::collections::HashMap<String, (JwtAuth, JwtVerifier)>>,
+}
+
+impl Verifiers {
+    pub(crate) fn new(http: reqwest::Client) -> Verifiers {
+        Verifiers {
+            http,
+            by_api: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The verifier of `api`'s JWT settings, if it takes JWTs.
+    fn of(&self, api: &str, spec: &ApiSpec) -> Option<JwtVerifier> {
+        let auth = spec.auth.jwt.as_ref()?;
+        let mut by_api = self
+            .by_api
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match by_api.get(api) {
+            Some((known, v)) if known == auth => Some(v.clone()),
+            _ => {
+                let v = JwtVerifier::new(auth, self.http.clone());
+                by_api.insert(api.to_owned(), (auth.clone(), v.clone()));
+                Some(v)
+            }
+        }
+    }
 }
 
 impl Edge {
@@ -44,6 +82,21 @@ impl Edge {
             );
         };
         let spec = &api.spec;
+        // CORS: preflights are answered here, before credentials (they carry none).
+        let origin = spec
+            .cors
+            .as_ref()
+            .and_then(|c| cors::allowed_origin(c, &req).map(|o| (c, o)));
+        if cors::is_preflight(&req) {
+            return match &origin {
+                Some((c, o)) => cors::preflight(spec, c, o.clone()).map(|()| empty()),
+                None => error(
+                    StatusCode::FORBIDDEN,
+                    "cors-refused",
+                    "this origin may not call this API from a browser",
+                ),
+            };
+        }
         if spec.operations == Operations::Named(OperationSet::FromOpenApi) {
             // Fail closed: exposing every operation would publish more than was asked.
             return error(
@@ -59,10 +112,25 @@ impl Edge {
                 "this API has no such operation",
             );
         }
-        let consumer = match authenticate(&catalog, api, req.headers()) {
+        let jwt = self.jwt.of(&api.name, &api.spec);
+        let consumer = match authenticate(&catalog, api, jwt.as_ref(), req.headers()).await {
             Ok(c) => c,
             Err(refused) => return refused.answer(api),
         };
+        if let Err(e) = self.limits.admit(
+            &api.name,
+            spec,
+            consumer.as_deref().unwrap_or(limits::ANONYMOUS),
+        ) {
+            let mut res = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                &format!("the {} is used up; retry later", e.what),
+            );
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(e.retry_after));
+            return res;
+        }
         let Some(service) = spec.backend.service.as_ref().map(ToString::to_string) else {
             return error(
                 StatusCode::NOT_IMPLEMENTED,
@@ -125,8 +193,17 @@ impl Edge {
         if let Some(m) = &spec.response_headers {
             modify(res.headers_mut(), m);
         }
+        if let Some((c, o)) = origin {
+            cors::allow(res.headers_mut(), c, o);
+        }
         res
     }
+}
+
+fn empty() -> ProxyBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// The request's host without its port: the `:authority` of HTTP/2, or `Host`.
@@ -159,16 +236,36 @@ enum Refused {
     NoCredential,
     /// A key no consumer holds.
     UnknownKey,
-    /// A consumer the API is not granted to.
+    /// A JWT that does not verify (expired, another audience, …).
+    BadToken(JwtError),
+    /// The identity provider's keys cannot be fetched: 503, the caller may retry.
+    KeysUnavailable,
+    /// A consumer the API is not granted to, or a valid JWT whose subject is no consumer.
     NotGranted,
 }
 
 impl Refused {
     /// The 401 (with the API's challenges) or 403.
     fn answer(self, api: &PublishedApi) -> Response<ProxyBody> {
+        let bad_token = matches!(self, Refused::BadToken(_));
+        let detail;
         let message = match self {
             Refused::NoCredential => "this API needs a credential",
             Refused::UnknownKey => "the API key is not valid",
+            Refused::BadToken(e) => {
+                detail = e.to_string();
+                detail.as_str()
+            }
+            Refused::KeysUnavailable => {
+                let mut res = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the token cannot be checked right now; retry later",
+                );
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                return res;
+            }
             Refused::NotGranted => {
                 return error(
                     StatusCode::FORBIDDEN,
@@ -187,7 +284,14 @@ impl Refused {
             ));
         }
         if auth.jwt.is_some() {
-            challenges.push(format!("Bearer realm=\"{}\"", api.name));
+            challenges.push(if bad_token {
+                format!(
+                    "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{message}\"",
+                    api.name
+                )
+            } else {
+                format!("Bearer realm=\"{}\"", api.name)
+            });
         }
         for c in challenges {
             if let Ok(v) = HeaderValue::from_str(&c) {
@@ -198,30 +302,61 @@ impl Refused {
     }
 }
 
-/// The consumer of a request (`None`: anonymous), or why it is refused.
-fn authenticate(
+/// The consumer of a request (`None`: anonymous), or why it is refused: an API key in the
+/// API's header, else a bearer JWT whose subject an `ApiConsumer` lists.
+async fn authenticate(
     catalog: &Catalog,
     api: &PublishedApi,
+    jwt: Option<&JwtVerifier>,
     headers: &HeaderMap,
 ) -> Result<Option<String>, Refused> {
     let auth = &api.spec.auth;
-    let key_header = auth.api_key.as_ref().map(|k| k.header.as_str());
-    let Some(presented) = key_header.and_then(|h| headers.get(h)) else {
-        return if auth.anonymous {
-            Ok(None)
-        } else {
-            Err(Refused::NoCredential)
-        };
+    let now = SystemTime::now();
+    let key = auth
+        .api_key
+        .as_ref()
+        .and_then(|k| headers.get(k.header.as_str()));
+    let bearer = jwt.zip(bearer(headers));
+    let consumer = match (key, bearer) {
+        (Some(presented), _) => presented
+            .to_str()
+            .ok()
+            .and_then(|k| catalog.consumer_of_key(k.trim(), Timestamp::from_system(now)))
+            .ok_or(Refused::UnknownKey)?,
+        (None, Some((verifier, token))) => {
+            let secs = now
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let claims = verifier.verify(token, secs).await.map_err(|e| {
+                if e.is_unavailable() {
+                    Refused::KeysUnavailable
+                } else {
+                    Refused::BadToken(e)
+                }
+            })?;
+            claims
+                .sub
+                .as_deref()
+                .and_then(|sub| catalog.consumer_of_subject(sub))
+                .ok_or(Refused::NotGranted)?
+        }
+        (None, None) if auth.anonymous => return Ok(None),
+        (None, None) => return Err(Refused::NoCredential),
     };
-    let consumer = presented
-        .to_str()
-        .ok()
-        .and_then(|k| catalog.consumer_of_key(k.trim(), Timestamp::from_system(SystemTime::now())))
-        .ok_or(Refused::UnknownKey)?;
     if !catalog.may_use(consumer, &api.name) {
         return Err(Refused::NotGranted);
     }
     Ok(Some(consumer.to_owned()))
+}
+
+/// The token of `Authorization: Bearer TOKEN`.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 fn too_large(max: u64) -> Response<ProxyBody> {

@@ -14,11 +14,15 @@
 //!    404 with nothing internal in it;
 //! 2. the operation, when the API lists them (404 otherwise);
 //! 3. the consumer: an API key (its SHA-256 compared with every known key's, in constant
-//!    time each) or, with `anonymous`, nobody; a missing or unknown credential is 401 with
-//!    `WWW-Authenticate`, a consumer the API is not granted to is 403;
-//! 4. the body limit: a declared length above it is 413 at once, a streamed body is cut
+//!    time each), a bearer JWT (`jwt`: signature by the issuer's JWKS, `iss`, `aud`,
+//!    `exp`, `nbf`) whose `sub` an `ApiConsumer` lists, or, with `anonymous`, nobody; a
+//!    missing or invalid credential is 401 with `WWW-Authenticate`, a consumer the API is
+//!    not granted to (or a subject that is no consumer) 403, unreachable JWKS 503;
+//! 4. rate limits and quotas (`limits`: per consumer, per API; 429 with `Retry-After`);
+//!    CORS preflights are answered before authentication (`cors`);
+//! 5. the body limit: a declared length above it is 413 at once, a streamed body is cut
 //!    off past it and answered 413;
-//! 5. the call: the base path stripped, client-supplied `ieum-consumer` headers removed
+//! 6. the call: the base path stripped, client-supplied `ieum-consumer` headers removed
 //!    and the authenticated consumer set, header rules applied, then the service through
 //!    the mesh. An answer the mesh made itself (no instance, breaker open, timeout) is
 //!    replaced by a short JSON error with no internal name or address.
@@ -27,7 +31,10 @@
 //! once per snapshot change; `edge` handles one request.
 
 mod catalog;
+mod cors;
 mod edge;
+mod jwt;
+mod limits;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -86,6 +93,9 @@ impl Gateway {
             name: config.name,
             sidecar: config.sidecar,
             catalog: catalog.clone(),
+            limits: limits::Limits::default(),
+            // For the identity providers' keys (JWKS), outside the mesh.
+            jwt: edge::Verifiers::new(reqwest::Client::new()),
         });
         ieum_proxy::serve_http(listener, stop.clone(), move |req| {
             let edge = edge.clone();

@@ -339,7 +339,22 @@ async fn start_and_watch(
     eprintln!("ok ({:.1} s)", started.elapsed().as_secs_f64());
     let (shopper, n) = members[FLEET.len()];
     sup.spawn_member(shopper, n, args.rate, None)?;
-    banner(&sup.server, data, args.rate);
+
+    // The API gateway in front of orders, and a key to call it with.
+    let gateway_port = free_port()?;
+    let gateway_slot = sup.procs.len();
+    let gateway_args = gateway_args(&sup.server, gateway_port, dir);
+    sup.spawn("gateway", &gateway_args, None)?;
+    let key = api
+        .write::<serde_json::Value>(
+            reqwest::Method::POST,
+            "/v1/apikeys",
+            Some(&serde_json::json!({"consumer": "newcomer"})),
+        )
+        .await
+        .ok()
+        .and_then(|v| v["key"].as_str().map(str::to_owned));
+    banner(&sup.server, data, args.rate, gateway_port, key.as_deref());
 
     // An operator's change a little later, so the configuration page has a diff to show.
     let tune = tune(shop);
@@ -361,6 +376,15 @@ async fn start_and_watch(
                 sup.procs[slot].pid = None;
                 let label = sup.procs[slot].label.clone();
                 let log = sup.procs[slot].log.display().to_string();
+                if slot == gateway_slot {
+                    eprintln!("the gateway exited with code {code} (log: {log}); starting it again in 5 s");
+                    tokio::select! {
+                        () = stop.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(StdDuration::from_secs(5)) => {}
+                    }
+                    sup.spawn("gateway", &gateway_args, Some(slot))?;
+                    continue;
+                }
                 let Some(&(m, n)) = slot.checked_sub(1).and_then(|i| members.get(i)) else {
                     anyhow::bail!("the server exited with code {code} (see {log})");
                 };
@@ -421,7 +445,24 @@ fn numbered() -> Vec<(Member, usize)> {
     out
 }
 
-fn banner(server: &str, data: &DataDir, rate: f64) {
+/// `ieum gateway` for the demo, on `port`.
+fn gateway_args(server: &str, port: u16, dir: &std::path::Path) -> Vec<String> {
+    [
+        "--server",
+        server,
+        "gateway",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--admin",
+        "127.0.0.1:0",
+        "--data-dir",
+        &dir.join("gateway").display().to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn banner(server: &str, data: &DataDir, rate: f64, gateway: u16, key: Option<&str>) {
     let dir = data.path().display();
     let kept = match data {
         DataDir::Temp(_) => "removed on exit",
@@ -440,6 +481,14 @@ fn banner(server: &str, data: &DataDir, rate: f64) {
     b += &format!(
         "  load      {rate} checkouts/s; stock delays 5% of calls by 150 ms and fails 2% with 503;\n            payments has a 20 s provider outage every 2 min, the first 40 s from now\n"
     );
+    b += &format!(
+        "  gateway   http://127.0.0.1:{gateway}/shop: orders' GET /orders/{{id}} as the API shop-public\n"
+    );
+    if let Some(key) = key {
+        b += &format!(
+            "            curl -H 'x-api-key: {key}' http://127.0.0.1:{gateway}/shop/orders/1\n"
+        );
+    }
     b += &format!("  data      {dir} ({kept}; logs in {dir}/logs)\n");
     b += &format!(
         "try: ieum get services --server {server}    ieum events stock --follow --server {server}\n"

@@ -74,6 +74,16 @@ spec:
   auth: {apiKey: {header: x-api-key}}
   maxBodyBytes: 1000
   responseHeaders: {set: [{name: x-api, value: shop}]}
+  cors: {allowOrigins: ["https://shop.example"]}
+---
+apiVersion: ieum.dev/v1
+kind: Api
+metadata: {name: limited}
+spec:
+  basePath: /limited
+  backend: {service: orders}
+  auth: {anonymous: true}
+  rateLimit: {perConsumer: {requests: 2, per: 1m}}
 ---
 apiVersion: ieum.dev/v1
 kind: Api
@@ -243,6 +253,50 @@ async fn a_service_published_as_an_api_with_keys() {
     let (status, _, _) = call("/open/bye/ana", None).await;
     assert_eq!(status, 404);
 
+    // A rate limit per consumer: 429 with Retry-After once used up.
+    assert_eq!(call("/limited/a", None).await.0, 200);
+    assert_eq!(call("/limited/b", None).await.0, 200);
+    let (status, headers, body) = call("/limited/c", None).await;
+    assert_eq!(status, 429, "{body}");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+
+    // CORS: the gateway answers preflights from allowed origins, before any key.
+    let preflight = async |origin: &str| {
+        c.request(reqwest::Method::OPTIONS, format!("{edge}/shop/orders"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "x-api-key")
+            .send()
+            .await
+            .unwrap()
+    };
+    let r = preflight("https://shop.example").await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
+    assert!(
+        r.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("x-api-key")
+    );
+    assert_eq!(preflight("https://evil.example").await.status(), 403);
+    let r = c
+        .get(format!("{edge}/shop/orders/7"))
+        .header("origin", "https://shop.example")
+        .header("x-api-key", &mobile)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
+
     // Unknown paths: 404 naming nothing inside.
     let (status, _, body) = call("/admin", Some(&mobile)).await;
     assert_eq!(status, 404);
@@ -281,6 +335,76 @@ async fn a_service_published_as_an_api_with_keys() {
         .unwrap();
     assert_eq!(r.status(), 200);
 
+    // JWTs from an identity provider whose keys (JWKS) the test serves.
+    let issuer = Issuer::new();
+    let jwks = issuer.jwks();
+    let jwks_port = support::http_app(move |_| jwks.to_string());
+    let partners = format!(
+        "apiVersion: ieum.dev/v1\nkind: Api\nmetadata: {{name: partners}}\nspec:\n  basePath: /partners\n  backend: {{service: orders}}\n  auth: {{jwt: {{issuer: https://id.test, audiences: [shop], jwksUrl: http://127.0.0.1:{jwks_port}/jwks.json}}}}\n---\napiVersion: ieum.dev/v1\nkind: ApiConsumer\nmetadata: {{name: acme}}\nspec: {{apis: [partners], jwtSubjects: [\"client:acme\"]}}\n"
+    );
+    let r = c
+        .post(format!("{base}/v1/apply"))
+        .header("content-type", "application/yaml")
+        .body(partners)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let bearer = async |token: Option<String>| {
+        let mut req = c.get(format!("{edge}/partners/orders/7"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let challenge = r
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, challenge, r.text().await.unwrap())
+    };
+    let claims = |sub: &str, aud: &str, exp: u64| json!({"iss": "https://id.test", "sub": sub, "aud": aud, "exp": exp});
+    let valid = issuer.sign(&claims("client:acme", "shop", now + 300));
+    wait_for("the partners API at the gateway", async || {
+        bearer(Some(valid.clone())).await.0 == 200
+    })
+    .await;
+    let (_, _, body) = bearer(Some(valid)).await;
+    assert!(
+        body.to_ascii_lowercase().contains("ieum-consumer: acme"),
+        "{body}"
+    );
+    let (status, challenge, _) = bearer(None).await;
+    assert_eq!(status, 401);
+    assert!(challenge.starts_with("Bearer"), "{challenge}");
+    let (status, challenge, body) =
+        bearer(Some(issuer.sign(&claims("client:acme", "shop", now - 600)))).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        challenge.contains("invalid_token") && challenge.contains("expired"),
+        "{challenge}"
+    );
+    let (status, _, body) = bearer(Some(issuer.sign(&claims(
+        "client:acme",
+        "admin",
+        now + 300,
+    ))))
+    .await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("audience"), "{body}");
+    let (status, _, _) = bearer(Some(issuer.sign(&claims(
+        "client:nobody",
+        "shop",
+        now + 300,
+    ))))
+    .await;
+    assert_eq!(status, 403);
+
     // A revoked key stops working once the gateway hears of it.
     let list: Value = c
         .get(format!("{base}/v1/apikeys?consumer=mobile"))
@@ -307,4 +431,43 @@ async fn a_service_published_as_an_api_with_keys() {
         call("/shop/orders/7", Some(&mobile)).await.0 == 401
     })
     .await;
+}
+
+/// An identity provider: an ES256 key pair, its JWKS, tokens it signs.
+struct Issuer {
+    pkcs8: Vec<u8>,
+    public: Vec<u8>,
+}
+
+impl Issuer {
+    fn new() -> Issuer {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        Issuer {
+            pkcs8: pkcs8.as_ref().to_vec(),
+            public: pair.public_key().as_ref().to_vec(),
+        }
+    }
+
+    /// `{"keys": [the public key]}`: x and y of the uncompressed point.
+    fn jwks(&self) -> Value {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
+            "x": b64(&self.public[1..33]), "y": b64(&self.public[33..65])}]})
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("k1".into());
+        jsonwebtoken::encode(
+            &header,
+            claims,
+            &jsonwebtoken::EncodingKey::from_ec_der(&self.pkcs8),
+        )
+        .unwrap()
+    }
 }

@@ -12,7 +12,7 @@ mod rate;
 
 pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
 pub use error::{Overloaded, RateLimited};
-pub use rate::{RateLimit, RateLimitConfig, RateLimitLayer, TokioClock};
+pub use rate::{KeyedRateLimiter, RateLimit, RateLimitConfig, RateLimitLayer, TokioClock};
 
 #[cfg(test)]
 mod tests;

@@ -60,6 +60,44 @@ impl RateLimitConfig {
     }
 }
 
+type KeyedLimiter = RateLimiter<
+    String,
+    governor::state::keyed::HashMapStateStore<String>,
+    TokioClock,
+    NoOpMiddleware<Nanos>,
+>;
+
+/// A GCRA limit per key, each key with its own bucket (an API gateway's limit per
+/// consumer). Keys are kept for the limiter's life: use it for a bounded set of keys.
+#[derive(Debug)]
+pub struct KeyedRateLimiter {
+    limiter: KeyedLimiter,
+}
+
+impl KeyedRateLimiter {
+    /// A limiter with `config` for every key; `None` when the period cannot be divided
+    /// into `requests` (validation rejects such limits).
+    pub fn new(config: RateLimitConfig) -> Option<KeyedRateLimiter> {
+        let quota =
+            Quota::with_period(config.per / config.requests.get())?.allow_burst(config.burst);
+        Some(KeyedRateLimiter {
+            limiter: RateLimiter::hashmap_with_clock(quota, TokioClock::default()),
+        })
+    }
+
+    /// Admits one request for `key`, or says how long until one would be.
+    pub fn check(&self, key: &str) -> Result<(), RateLimited> {
+        self.limiter
+            .check_key(&key.to_owned())
+            .map_err(|not_until| {
+                let now = self.limiter.clock().now();
+                RateLimited {
+                    retry_after: Duration::from(not_until.earliest_possible().duration_since(now)),
+                }
+            })
+    }
+}
+
 /// A local GCRA rate limit shared by every service it makes; `None` is a pass-through.
 #[derive(Debug, Clone)]
 pub struct RateLimitLayer {
