@@ -19,6 +19,7 @@ use crate::catalog::{Catalog, PublishedApi};
 use crate::cors;
 use crate::jwt::{JwtError, JwtVerifier};
 use crate::limits::{self, Limits};
+use crate::metrics::{ApiMetrics, Seen, access_line};
 
 /// The header that tells a service which consumer called, set by the gateway only.
 pub(crate) const CONSUMER_HEADER: &str = "ieum-consumer";
@@ -31,6 +32,9 @@ pub(crate) struct Edge {
     pub(crate) catalog: Arc<RwLock<Arc<Catalog>>>,
     pub(crate) limits: Limits,
     pub(crate) jwt: Verifiers,
+    pub(crate) metrics: Arc<ApiMetrics>,
+    /// Whether each request's JSON line goes to stderr.
+    pub(crate) access_log: bool,
 }
 
 /// One JWT verifier per API with `auth.jwt`, kept while its settings stay the same so
@@ -67,7 +71,29 @@ impl Verifiers {
 }
 
 impl Edge {
+    /// Answers one request, then counts it and writes its access log line.
     pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let start = tokio::time::Instant::now();
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        let mut note = Note::default();
+        let res = self.answer(req, &mut note).await;
+        let seen = Seen {
+            api: note.api.as_deref().unwrap_or("-"),
+            operation: note.operation.as_deref().unwrap_or("-"),
+            consumer: note.consumer.as_deref().unwrap_or("-"),
+            method: method.as_str(),
+            path: &path,
+            status: res.status().as_u16(),
+            duration: start.elapsed(),
+        };
+        self.metrics.record(&seen);
+        if self.access_log {
+            eprintln!("{}", access_line(&seen));
+        }
+        res
+    }
+
+    async fn answer(&self, req: Request<Incoming>, note: &mut Note) -> Response<ProxyBody> {
         let catalog = self
             .catalog
             .read()
@@ -81,6 +107,7 @@ impl Edge {
                 "no API is published at this path",
             );
         };
+        note.api = Some(api.name.clone());
         let spec = &api.spec;
         // CORS: preflights are answered here, before credentials (they carry none).
         let origin = spec
@@ -105,18 +132,24 @@ impl Edge {
                 "this API takes its operations from an OpenAPI document, which this gateway does not read yet",
             );
         }
-        if !operation_exposed(spec, req.method().as_str(), &rest) {
+        let Some(operation) = operation_exposed(spec, req.method().as_str(), &rest) else {
             return error(
                 StatusCode::NOT_FOUND,
                 "not-found",
                 "this API has no such operation",
             );
-        }
+        };
+        note.operation = Some(operation);
         let jwt = self.jwt.of(&api.name, &api.spec);
         let consumer = match authenticate(&catalog, api, jwt.as_ref(), req.headers()).await {
             Ok(c) => c,
             Err(refused) => return refused.answer(api),
         };
+        note.consumer = Some(
+            consumer
+                .clone()
+                .unwrap_or_else(|| limits::ANONYMOUS.to_owned()),
+        );
         if let Err(e) = self.limits.admit(
             &api.name,
             spec,
@@ -222,12 +255,24 @@ fn host_of<B>(req: &Request<B>) -> Option<String> {
 }
 
 /// Whether the API exposes `method path` (a path below its base path).
-fn operation_exposed(spec: &ApiSpec, method: &str, path: &str) -> bool {
+/// The operation of the API that `method path` is (`*` for an API exposing all), if any.
+fn operation_exposed(spec: &ApiSpec, method: &str, path: &str) -> Option<String> {
     match &spec.operations {
-        Operations::Named(OperationSet::All) => true,
-        Operations::Named(OperationSet::FromOpenApi) => false,
-        Operations::List(ops) => ops.iter().any(|op| op.matches(method, path)),
+        Operations::Named(OperationSet::All) => Some("*".to_owned()),
+        Operations::Named(OperationSet::FromOpenApi) => None,
+        Operations::List(ops) => ops
+            .iter()
+            .find(|op| op.matches(method, path))
+            .map(|op| format!("{} {}", op.method, op.path)),
     }
+}
+
+/// What is known of a request as it goes, for its metrics and access log.
+#[derive(Default)]
+struct Note {
+    api: Option<String>,
+    operation: Option<String>,
+    consumer: Option<String>,
 }
 
 /// Why a request was refused its API.

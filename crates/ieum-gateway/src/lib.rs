@@ -30,11 +30,16 @@
 //! `catalog` compiles the snapshot's resources into what requests are matched against,
 //! once per snapshot change; `edge` handles one request.
 
+// The request future (edge → the outbound library → the resilience stack) is deep enough
+// that proving it `Send` needs more than the default 128 steps.
+#![recursion_limit = "256"]
 mod catalog;
 mod cors;
 mod edge;
 mod jwt;
 mod limits;
+mod metrics;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -44,6 +49,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use catalog::Catalog;
+pub use tls::{RELOAD_EVERY, TlsFiles};
 
 /// What a gateway is started with.
 pub struct GatewayConfig {
@@ -56,6 +62,11 @@ pub struct GatewayConfig {
     pub sidecar: Sidecar,
     /// That push client.
     pub client: ieum_client::Client,
+    /// Terminate TLS with this certificate and key (reloaded when the files change);
+    /// plain HTTP without.
+    pub tls: Option<TlsFiles>,
+    /// Write one JSON line per request to stderr (API, operation, consumer, status, time).
+    pub access_log: bool,
 }
 
 /// A running gateway.
@@ -89,18 +100,36 @@ impl Gateway {
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = compiled;
             }
         });
+        // Per API, operation and consumer, beside the outbound library's own series.
+        let metrics = Arc::new(metrics::ApiMetrics::default());
+        let rendered = metrics.clone();
+        config
+            .sidecar
+            .add_metrics(Arc::new(move |out: &mut String| rendered.render(out)));
         let edge = Arc::new(edge::Edge {
             name: config.name,
             sidecar: config.sidecar,
+            metrics,
+            access_log: config.access_log,
             catalog: catalog.clone(),
             limits: limits::Limits::default(),
             // For the identity providers' keys (JWKS), outside the mesh.
             jwt: edge::Verifiers::new(reqwest::Client::new()),
         });
-        ieum_proxy::serve_http(listener, stop.clone(), move |req| {
+        let handler = move |req| {
             let edge = edge.clone();
             async move { Ok(edge.handle(req).await) }
-        });
+        };
+        match &config.tls {
+            Some(files) => {
+                let tls = tls::server_config(files, RELOAD_EVERY, stop.clone())
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                ieum_proxy::serve_https(listener, stop.clone(), tls, handler);
+            }
+            None => {
+                ieum_proxy::serve_http(listener, stop.clone(), handler);
+            }
+        }
         Ok(Gateway {
             addr,
             stop,

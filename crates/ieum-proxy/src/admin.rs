@@ -36,6 +36,9 @@ pub(crate) async fn handle(
             if let Some(t) = &shared.tracer {
                 t.render(&mut text);
             }
+            if let Some(extra) = shared.extra_metrics.get() {
+                extra(&mut text);
+            }
             answer(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         "/config" => {

@@ -147,6 +147,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use authz::PeerIdentity;
 
+/// Writes more Prometheus series into the text of `/metrics` ([`Sidecar::add_metrics`]).
+pub type MetricsSource = Arc<dyn Fn(&mut String) + Send + Sync>;
+
 /// Serves HTTP/1.1 and HTTP/2 (h2c) on `listener` with `handler`, one task per connection,
 /// until `stop` (then open connections finish the requests in progress): the accept loop of
 /// the sidecar's listeners, for other edges built on this crate (the API gateway).
@@ -162,6 +165,35 @@ where
         + 'static,
 {
     server::spawn(listener, stop, None, handler)
+}
+
+/// [`serve_http`] over TLS with `config` (HTTP/2 when ALPN agrees on `h2`); a failed
+/// handshake closes that connection only.
+pub fn serve_https<F, Fut>(
+    listener: TcpListener,
+    stop: CancellationToken,
+    config: Arc<rustls::ServerConfig>,
+    handler: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<http::Response<ProxyBody>, std::convert::Infallible>>
+        + Send
+        + 'static,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let s = stop.clone();
+    server::accept(listener, stop, None, move |stream| {
+        let (acceptor, handler, stop) = (acceptor.clone(), handler.clone(), s.clone());
+        async move {
+            let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+            match handshake.await {
+                Ok(Ok(tls)) => server::serve(tls, &stop, handler).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake refused"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
+            }
+        }
+    })
 }
 pub use body::{BodyTooLarge, ProxyBody, RequestBody};
 pub use bridge::{BridgeOptions, BridgeStart, TopicTraffic};
@@ -318,6 +350,8 @@ pub(crate) struct Shared {
     /// The server this sidecar follows, for the app's saga and flow starts (set by
     /// [`Sidecar::link_server`]).
     server: std::sync::OnceLock<control::ServerLink>,
+    /// More series for `/metrics`, from what is built on this sidecar (an API gateway's).
+    extra_metrics: std::sync::OnceLock<MetricsSource>,
     /// See [`SidecarConfig::enforce_mesh_identity`]: on with a mesh.
     enforce_mesh_identity: bool,
     /// Whether the own `Service` says `mtls: permissive` (from the snapshot): plain-text
@@ -508,6 +542,7 @@ impl Sidecar {
             tcp_forwards,
             bridge: bridge::Bridge::new(&snapshot, &service, stop.child_token()),
             server: std::sync::OnceLock::new(),
+            extra_metrics: std::sync::OnceLock::new(),
             enforce_mesh_identity: config.enforce_mesh_identity || config.mesh.is_some(),
             mtls_permissive: AtomicBool::new(mtls::permissive(&snapshot, &service)),
             identity: config.mesh.map(|m| m.identity),
@@ -628,6 +663,12 @@ impl Sidecar {
                 "drain grace period over with requests still in flight"
             );
         }
+    }
+
+    /// Adds `source`'s series to the admin listener's `/metrics` (Prometheus text, written
+    /// into the string it is given). Once; `false` when a source was added already.
+    pub fn add_metrics(&self, source: MetricsSource) -> bool {
+        self.shared.extra_metrics.set(source).is_ok()
     }
 
     /// Calls `service` in process, as the app's call to it through the outbound listener

@@ -25,7 +25,18 @@ pub(crate) struct GatewayArgs {
     /// Where API consumers connect (loopback unless told otherwise, like every listener).
     #[arg(long, default_value = "127.0.0.1:7780")]
     listen: SocketAddr,
-    /// Admin listener: /ready, /metrics of the calls into the mesh.
+    /// Serve HTTPS with this certificate chain (PEM; reloaded when the file changes).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Write one JSON line per request to stderr: API, operation, consumer, method, path,
+    /// status, duration.
+    #[arg(long)]
+    access_log: bool,
+    /// Admin listener: /ready, /metrics (per API, operation and consumer; and the calls
+    /// into the mesh).
     #[arg(long, default_value = "127.0.0.1:7789")]
     admin: SocketAddr,
     /// Longest wait for the first configuration snapshot (a saved one counts).
@@ -94,16 +105,23 @@ pub(crate) async fn run(ctx: &Context, args: GatewayArgs) -> anyhow::Result<()> 
     .await
     .context("cannot start the gateway's outbound library")?;
     let admin = sidecar.admin_addr();
+    let https = args.tls_cert.is_some();
     let gateway = ieum_gateway::Gateway::start(ieum_gateway::GatewayConfig {
         name: name.to_string(),
         listen: args.listen,
         sidecar,
         client: client.clone(),
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(ieum_gateway::TlsFiles { cert, key }),
+            _ => None,
+        },
+        access_log: args.access_log,
     })
     .await
     .with_context(|| format!("cannot listen on {}", args.listen))?;
     eprintln!("ieum gateway {name}");
-    eprintln!("  listening http://{}", gateway.addr());
+    let scheme = if https { "https" } else { "http" };
+    eprintln!("  listening {scheme}://{}", gateway.addr());
     eprintln!("  admin     http://{admin}/ready  /metrics");
     eprintln!(
         "  apis      {}",

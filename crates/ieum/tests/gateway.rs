@@ -178,6 +178,10 @@ async fn a_service_published_as_an_api_with_keys() {
     })
     .await;
 
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let (_gateway, listening) = start(
         &[
             "gateway",
@@ -186,7 +190,7 @@ async fn a_service_published_as_an_api_with_keys() {
             "--listen",
             "127.0.0.1:0",
             "--admin",
-            "127.0.0.1:0",
+            &admin.to_string(),
             "--data-dir",
             &dir("gateway"),
         ],
@@ -232,6 +236,22 @@ async fn a_service_published_as_an_api_with_keys() {
     assert!(head.contains("ieum-consumer: mobile"), "{head}");
     assert!(!head.contains("ieum-consumer: admin"), "{head}");
     assert!(head.contains("ieum-api: shop"), "{head}");
+
+    // Counted per API, operation and consumer on the admin listener.
+    let metrics = c
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "ieum_gateway_requests_total{api=\"shop\",operation=\"*\",consumer=\"mobile\",code=\"2xx\"}"
+        ),
+        "{metrics}"
+    );
 
     // No key, a wrong key, a key of a consumer without this API.
     let (status, headers, body) = call("/shop/orders/7", None).await;
@@ -404,6 +424,60 @@ async fn a_service_published_as_an_api_with_keys() {
     ))))
     .await;
     assert_eq!(status, 403);
+
+    // TLS termination with a certificate from files.
+    let key_pair = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .self_signed(&key_pair)
+        .unwrap();
+    let (cert_file, key_file) = (data.path().join("cert.pem"), data.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key_pair.serialize_pem()).unwrap();
+    let (_tls_gateway, tls_listening) = start(
+        &[
+            "gateway",
+            "--name",
+            "edge-tls",
+            "--server",
+            &base,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--data-dir",
+            &dir("gateway-tls"),
+            "--tls-cert",
+            cert_file.to_str().unwrap(),
+            "--tls-key",
+            key_file.to_str().unwrap(),
+        ],
+        "listening",
+    );
+    assert!(tls_listening.starts_with("https://"), "{tls_listening}");
+    let https = reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let mut last = String::new();
+    let mut served = false;
+    for _ in 0..100 {
+        match https
+            .get(format!("{tls_listening}/open/hello/tls"))
+            .send()
+            .await
+        {
+            Ok(r) if r.status() == 200 => {
+                served = true;
+                break;
+            }
+            Ok(r) => last = r.status().to_string(),
+            Err(e) => last = format!("{e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "no answer over TLS: {last}");
 
     // A revoked key stops working once the gateway hears of it.
     let list: Value = c

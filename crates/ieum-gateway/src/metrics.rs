@@ -1,0 +1,182 @@
+//! What the gateway counts, per API, operation and consumer, for the admin listener's
+//! `/metrics` (Prometheus text), and the access log line of each request.
+//!
+//! Labels stay bounded: `api` and `consumer` are names of resources (or `anonymous`, or
+//! `-` before a consumer is known), `operation` the listed operation that matched
+//! (`GET /orders/{id}`) or `*` for an API that exposes all, `code` the status class.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+/// Counters by label set.
+#[derive(Debug, Default)]
+pub(crate) struct ApiMetrics {
+    series: Mutex<BTreeMap<Labels, Counters>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Labels {
+    api: String,
+    operation: String,
+    consumer: String,
+    code: &'static str,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    requests: u64,
+    seconds: f64,
+}
+
+/// A metric family: name, help, and the value of a label set.
+type Family = (&'static str, &'static str, fn(&Counters) -> String);
+
+/// One request, as the metrics and the access log see it.
+pub(crate) struct Seen<'a> {
+    pub(crate) api: &'a str,
+    pub(crate) operation: &'a str,
+    pub(crate) consumer: &'a str,
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) status: u16,
+    pub(crate) duration: Duration,
+}
+
+impl ApiMetrics {
+    /// Counts one request.
+    pub(crate) fn record(&self, seen: &Seen<'_>) {
+        let labels = Labels {
+            api: seen.api.to_owned(),
+            operation: seen.operation.to_owned(),
+            consumer: seen.consumer.to_owned(),
+            code: class(seen.status),
+        };
+        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        let c = series.entry(labels).or_default();
+        c.requests += 1;
+        c.seconds += seen.duration.as_secs_f64();
+    }
+
+    /// Appends the series to `out`.
+    pub(crate) fn render(&self, out: &mut String) {
+        let series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        if series.is_empty() {
+            return;
+        }
+        let families: [Family; 2] = [
+            (
+                "ieum_gateway_requests_total",
+                "Requests the gateway answered, by API, operation, consumer and status class.",
+                |c| c.requests.to_string(),
+            ),
+            (
+                "ieum_gateway_request_seconds_sum",
+                "Time spent answering them, in seconds (divide by the requests for a mean).",
+                |c| format!("{:.6}", c.seconds),
+            ),
+        ];
+        for (name, help, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (l, c) in series.iter() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{api=\"{}\",operation=\"{}\",consumer=\"{}\",code=\"{}\"}} {}",
+                    escape(&l.api),
+                    escape(&l.operation),
+                    escape(&l.consumer),
+                    l.code,
+                    value(c)
+                );
+            }
+        }
+    }
+}
+
+/// The access log line of a request (JSON, one line).
+pub(crate) fn access_line(seen: &Seen<'_>) -> String {
+    serde_json::json!({
+        "api": seen.api,
+        "operation": seen.operation,
+        "consumer": seen.consumer,
+        "method": seen.method,
+        "path": seen.path,
+        "status": seen.status,
+        "duration_ms": (seen.duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+    })
+    .to_string()
+}
+
+fn class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen<'a>(consumer: &'a str, status: u16) -> Seen<'a> {
+        Seen {
+            api: "shop",
+            operation: "GET /orders/{id}",
+            consumer,
+            method: "GET",
+            path: "/shop/orders/7",
+            status,
+            duration: Duration::from_millis(3),
+        }
+    }
+
+    #[test]
+    fn requests_are_counted_per_consumer_and_status_class() {
+        let m = ApiMetrics::default();
+        m.record(&seen("mobile", 200));
+        m.record(&seen("mobile", 204));
+        m.record(&seen("mobile", 429));
+        m.record(&seen("partner", 200));
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains("ieum_gateway_requests_total{api=\"shop\",operation=\"GET /orders/{id}\",consumer=\"mobile\",code=\"2xx\"} 2\n"), "{out}");
+        assert!(
+            out.contains("consumer=\"mobile\",code=\"4xx\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("consumer=\"partner\",code=\"2xx\"} 1\n"),
+            "{out}"
+        );
+        assert!(out.contains("ieum_gateway_request_seconds_sum{api=\"shop\",operation=\"GET /orders/{id}\",consumer=\"mobile\",code=\"2xx\"} 0.006000\n"), "{out}");
+        let mut empty = String::new();
+        ApiMetrics::default().render(&mut empty);
+        assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn an_access_line_carries_the_consumer() {
+        let line: serde_json::Value =
+            serde_json::from_str(&access_line(&seen("mobile", 200))).unwrap();
+        assert_eq!(line["consumer"], "mobile");
+        assert_eq!(line["api"], "shop");
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["duration_ms"], 3.0);
+    }
+}
