@@ -5,7 +5,7 @@
 // minutes (one of its instances is killed with SIGKILL during the test); which breakers are
 // blocked; what changed in the last configuration apply; who publishes and who consumes
 // each topic (orders → shipping through the server-hosted `memory` PubSub, as the real
-// sidecars report it). Screenshots of every page go to docs/screenshots/
+// sidecars report it); which APIs the gateway publishes, and who may call them. Screenshots of every page go to docs/screenshots/
 // (IEUM_SCREENSHOTS overrides).
 //
 // Run: IEUM_BIN=target/debug/ieum node --test tests/ui/demo.test.mjs
@@ -261,6 +261,33 @@ test('topology and events pages render the shop', async () => {
   const missing = await page.goto(`${base}/ui/services/no-such-service`);
   assert.equal(missing.status(), 404);
   assert.match(await page.locator('body').innerText(), /no-such-service/);
+});
+
+test('the API catalogue: shop-public, its operation under /shop and its consumer', async () => {
+  // The demo applies the Api shop-public (orders' GET /orders/{id} under /shop) and the
+  // ApiConsumer newcomer, whose key the banner prints.
+  const row = 'tr[data-testid="api-row"][data-api="shop-public"]';
+  await eventually('shop-public in the API catalogue', async () => {
+    await open('/ui/apis');
+    return (await page.locator(row).count()) === 1;
+  });
+  const cells = await page.locator(row).innerText();
+  assert.match(cells, /\/shop\b/, 'its base path');
+  assert.match(cells, /\borders\b/, 'its backend');
+  assert.match(cells, /\bnewcomer\b/, 'its consumer');
+  await shot('apis');
+  await open('/ui/apis?q=no-such-api');
+  assert.equal(await page.locator(row).count(), 0, 'the search hides what does not match');
+  await open('/ui/apis?q=order');
+  await page.locator(`${row} a[href="/ui/apis/shop-public"]`).click();
+  await page.waitForURL(/\/ui\/apis\/shop-public$/);
+  const operations = await page.locator('[data-testid="operation"]').allInnerTexts();
+  assert.ok(operations.some((o) => /GET\s+\/shop\/orders\/\{id\}/.test(o)),
+    `GET /shop/orders/{id} among the operations: ${operations}`);
+  assert.ok(operations.some((o) => /curl .*x-api-key.*\/shop\/orders\/\{id\}/.test(o)), 'a curl line to try it');
+  const consumers = await page.locator('[data-testid="consumer"]').allInnerTexts();
+  assert.ok(consumers.some((c) => /\bnewcomer\b/.test(c)), `newcomer among the consumers: ${consumers}`);
+  await shot('api');
 });
 
 test('pages ran their scripts without errors', () => {

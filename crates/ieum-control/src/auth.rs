@@ -286,6 +286,8 @@ pub const ROUTES: &[(&str, &str, Permission)] = {
         ("GET", "/v1/resources/{kind}", ReadConfig),
         ("GET", "/v1/resources/{kind}/{name}", ReadConfig),
         ("GET", "/v1/schemas/{file}", ReadConfig),
+        ("GET", "/v1/apis", ReadConfig),
+        ("GET", "/v1/apis/{name}/openapi.json", ReadConfig),
         ("POST", "/ieum.push.v1.Push/{*rest}", Push),
         // Everything else that only reads.
         ("GET", "/v1/status", Read),
@@ -313,6 +315,8 @@ pub const ROUTES: &[(&str, &str, Permission)] = {
         ("GET", "/ui/correlations/{id}", Read),
         ("GET", "/ui/config", Read),
         ("GET", "/ui/config/{kind}/{name}", Read),
+        ("GET", "/ui/apis", Read),
+        ("GET", "/ui/apis/{name}", Read),
         ("GET", "/ui/events", Read),
         ("GET", "/ui/sagas", Read),
         ("GET", "/ui/sagas/executions/{id}", Read),

@@ -18,6 +18,8 @@
 //! - [`tokens`]: API tokens (create, list, revoke; hashed in the store, cached here).
 //! - `apikeys`: the API gateway's consumer keys (create, list, revoke), stored as `ApiKey`
 //!   resources that hold only each key's SHA-256.
+//! - `apis`: the API catalogue (`/v1/apis`) and each `Api`'s OpenAPI document for its
+//!   consumers (`/v1/apis/{name}/openapi.json`).
 //! - `error`: [`ApiError`], the one error shape `{"error": {code, message, field}}`.
 //! - The web UI (`ieum-ui`) is merged in under `/ui`; `/` redirects there.
 //!
@@ -37,6 +39,7 @@ use tower::ServiceExt;
 
 mod api;
 mod apikeys;
+mod apis;
 pub mod auth;
 mod config;
 mod error;
@@ -157,6 +160,8 @@ pub fn router_with_mesh(
         )
         .route("/v1/resources/{kind}/{name}/history", get(config::history))
         .route("/v1/schemas/{file}", get(config::schema))
+        .route("/v1/apis", get(apis::list))
+        .route("/v1/apis/{name}/openapi.json", get(apis::openapi))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::{api, apikeys, config, mesh, pubsub, saga, tokens, topics};
+use crate::{api, apikeys, apis, config, mesh, pubsub, saga, tokens, topics};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -56,6 +56,8 @@ use crate::{api, apikeys, config, mesh, pubsub, saga, tokens, topics};
         apikeys::create,
         apikeys::list,
         apikeys::revoke,
+        apis::list,
+        apis::openapi,
     ),
     tags(
         (name = "services", description = "Service definitions and summaries"),
@@ -67,6 +69,7 @@ use crate::{api, apikeys, config, mesh, pubsub, saga, tokens, topics};
         (name = "mesh", description = "Workload identity: the mesh's CA and certificates for sidecars and gateways"),
         (name = "pubsubs", description = "`memory` PubSubs hosted for sidecars: publish, subscribe, fetch, settle"),
         (name = "tokens", description = "API tokens and their roles (admin only)"),
+        (name = "apis", description = "The API catalogue: every `Api` the gateways publish, with its consumers, and its OpenAPI document for them"),
         (name = "apikeys", description = "API keys of the API gateway's consumers: created here only (the key is answered once; an `ApiKey` resource keeps its SHA-256), listed, revoked (operator)"),
     )
 )]

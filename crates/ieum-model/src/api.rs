@@ -12,6 +12,10 @@
 //! that only that endpoint writes (`ieum apply` refuses the kind).
 //!
 //! Validation codes: `E33xx` (`Api`, `ApiConsumer`), `E34xx` (`ApiKey`).
+//!
+//! [`openapi`] writes an `Api`'s OpenAPI document for its consumers.
+
+pub mod openapi;
 
 use serde::{Deserialize, Serialize};
 

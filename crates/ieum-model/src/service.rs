@@ -70,6 +70,25 @@ impl ServiceSpec {
     pub fn mtls_mode(&self) -> MtlsMode {
         self.mtls.unwrap_or_default()
     }
+
+    /// The service's own OpenAPI document: the first `openapi` interface given inline that
+    /// reads as an OpenAPI 3 document (`openapi: 3.x` and a `paths` object). One given by
+    /// URL is never fetched, so it does not count.
+    pub fn openapi_document(&self) -> Option<serde_json::Value> {
+        self.interfaces
+            .iter()
+            .filter(|i| i.kind == InterfaceKind::Openapi)
+            .filter_map(|i| i.document()?.ok())
+            .find(|d| {
+                d["openapi"].as_str().is_some_and(|v| v.starts_with("3.")) && d["paths"].is_object()
+            })
+    }
+}
+
+/// Reads an interface definition written in YAML or JSON (YAML is a superset of JSON, so
+/// one parser reads both forms); `Err` says why it does not read.
+pub fn parse_definition(text: &str) -> Result<serde_json::Value, String> {
+    serde_yaml_ng::from_str::<serde_json::Value>(text).map_err(|e| e.to_string())
 }
 
 /// One interface definition of a service.
@@ -189,6 +208,12 @@ impl ServiceSpec {
 }
 
 impl Interface {
+    /// The inline definition as a JSON value (see [`parse_definition`]); `None` when it is
+    /// given by URL. Not meaningful for `grpc` (a `.proto` file is not YAML).
+    pub fn document(&self) -> Option<Result<serde_json::Value, String>> {
+        self.inline.as_deref().map(parse_definition)
+    }
+
     fn validate(&self, v: &mut Validator) {
         match (&self.url, &self.inline) {
             (Some(_), Some(_)) | (None, None) => {

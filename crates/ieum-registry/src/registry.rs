@@ -18,9 +18,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::check;
 
+mod catalogue;
 mod config;
 mod views;
 use crate::{Clock, RegistryError};
+pub use catalogue::{CatalogueApi, CatalogueConsumer};
 pub use config::{Applied, GATEWAY_KINDS, Outcome};
 pub use views::{BreakerState, Bucket, Consumer, Golden, Publisher, TopicView, Traffic};
 

@@ -74,9 +74,9 @@ pub(crate) fn parse(iface: &Interface) -> Parsed {
     }
 }
 
-/// YAML is a superset of JSON, so one parser reads both forms of a document.
+/// YAML or JSON, read as the registry reads a service's OpenAPI document.
 fn document(text: &str) -> Result<serde_json::Value, String> {
-    serde_yaml_ng::from_str::<serde_json::Value>(text).map_err(|e| e.to_string())
+    ieum_model::service::parse_definition(text)
 }
 
 fn openapi(text: &str) -> Parsed {

@@ -17,6 +17,7 @@ pub(crate) enum Nav {
     Services,
     Topology,
     Topics,
+    Apis,
     Config,
     Events,
     Sagas,
@@ -70,6 +71,7 @@ impl Page {
                         (link(Nav::Services, "/ui/services", "Services"))
                         (link(Nav::Topology, "/ui/topology", "Topology"))
                         (link(Nav::Topics, "/ui/topics", "Topics"))
+                        (link(Nav::Apis, "/ui/apis", "APIs"))
                         (link(Nav::Config, "/ui/config", "Configuration"))
                         (link(Nav::Events, "/ui/events", "Events"))
                         (link(Nav::Sagas, "/ui/sagas", "Sagas"))

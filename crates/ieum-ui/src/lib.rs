@@ -9,8 +9,9 @@
 //!
 //! Layout:
 //! - [`router`]: the routes; handlers only parse the query and pick a page.
-//! - `pages`: one module per page (services, service, topology, topics, configuration,
-//!   events, sagas — the last reads the saga coordinator, not the registry);
+//! - `pages`: one module per page (services, service, topology, topics, APIs,
+//!   configuration, events, sagas — the last reads the saga coordinator, not the
+//!   registry);
 //!   each reads its view from the [`Registry`] (memory for instances, signals, topic
 //!   counts and breakers; the store for events and configuration) and renders it.
 //! - `parts`: timelines, breaker rows, signal cells and diffs shared by pages.
@@ -42,7 +43,7 @@ type Params = Query<BTreeMap<String, String>>;
 
 /// The UI's routes (`/ui`, `/ui/services`, `/ui/services/{name}`, `/ui/topology`,
 /// `/ui/topics`, `/ui/topics/{pubsub}/{topic}`, `/ui/config`, `/ui/config/{kind}/{name}`,
-/// `/ui/events`), for any outer router state.
+/// `/ui/events`, `/ui/apis`, `/ui/apis/{name}`), for any outer router state.
 pub fn router<S>(registry: Registry) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
@@ -64,6 +65,8 @@ where
         .route("/ui/config", get(config))
         .route("/ui/config/{kind}/{name}", get(resource))
         .route("/ui/events", get(events))
+        .route("/ui/apis", get(apis))
+        .route("/ui/apis/{name}", get(api))
         .route("/ui/{*rest}", get(unknown))
         .with_state(registry)
 }
@@ -131,6 +134,16 @@ async fn resource(
     pages::config::resource(&registry, &kind, &name)
         .await
         .into_response()
+}
+
+async fn apis(State(registry): State<Registry>, Query(q): Params) -> Response {
+    pages::apis::list(&registry, q.get("q").map(String::as_str))
+        .await
+        .into_response()
+}
+
+async fn api(State(registry): State<Registry>, Path(name): Path<String>) -> Response {
+    pages::apis::page(&registry, &name).await.into_response()
 }
 
 async fn events(State(registry): State<Registry>, Query(q): Params) -> Response {

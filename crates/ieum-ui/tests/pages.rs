@@ -539,7 +539,7 @@ async fn dump_pages_when_asked() {
     let Ok(dir) = std::env::var("IEUM_UI_DUMP") else {
         return;
     };
-    let r = shop().await;
+    let r = api_shop().await;
     let app = app(&r);
     for (file, uri) in [
         ("services", "/ui"),
@@ -550,6 +550,9 @@ async fn dump_pages_when_asked() {
         ("route", "/ui/config/Route/orders-api"),
         ("events", "/ui/events"),
         ("missing", "/ui/services/nope"),
+        ("apis", "/ui/apis"),
+        ("api", "/ui/apis/shop-public"),
+        ("partner-api", "/ui/apis/partner"),
     ] {
         let (_, html) = get(&app, uri).await;
         std::fs::write(format!("{dir}/{file}.html"), html).unwrap();
@@ -972,4 +975,177 @@ async fn correlated_events_are_listed_in_order_and_dead_letters_reach_the_timeli
         html.contains("dead-lettered after 4 attempts"),
         "timeline shows them"
     );
+}
+
+/// Two APIs over the shop: `shop-public` (orders, whose OpenAPI document gives the
+/// operation its summary; owner inherited from orders) and `partner` (stock, which has no
+/// document; hosts and JWTs), with consumers.
+const APIS: &str = r#"
+apiVersion: ieum.dev/v1
+kind: Api
+metadata: {name: shop-public}
+spec:
+  basePath: /shop
+  backend: {service: orders}
+  operations: [{method: GET, path: "/orders/{id}"}]
+  auth: {apiKey: {header: x-api-key}}
+  rateLimit: {perConsumer: {requests: 20, per: 1s}}
+  description: Look up an order
+---
+apiVersion: ieum.dev/v1
+kind: Api
+metadata: {name: partner}
+spec:
+  basePath: /partner
+  hostnames: [api.partner.example]
+  backend: {service: stock}
+  operations: [{method: GET, path: "/levels/{sku}"}, {method: POST, path: "/levels/{sku}/reserve"}]
+  auth:
+    anonymous: true
+    jwt: {issuer: https://id.partner.example, audiences: [stock], jwksUrl: https://id.partner.example/jwks.json}
+  owner: team-partners
+  description: Stock levels <b>for</b> partners
+---
+apiVersion: ieum.dev/v1
+kind: ApiConsumer
+metadata: {name: newcomer}
+spec: {apis: [shop-public], description: Whoever runs the demo}
+---
+apiVersion: ieum.dev/v1
+kind: ApiConsumer
+metadata: {name: wholesaler}
+spec: {apis: [partner, shop-public]}
+"#;
+
+async fn api_shop() -> Registry {
+    let r = shop().await;
+    apply(&r, APIS, "alice").await;
+    r
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_api_catalogue_lists_each_api_with_its_backend_and_consumers() {
+    let r = api_shop().await;
+    let (status, html) = get(&app(&r), "/ui/apis").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains(">APIs</a>"), "APIs in the nav");
+    assert!(html.contains("name=\"q\""), "a search form");
+    let rows = elements(&html, "api-row");
+    assert_eq!(rows.len(), 2);
+    let shop = rows
+        .iter()
+        .find(|r| r.contains("data-api=\"shop-public\""))
+        .unwrap();
+    for fact in [
+        "href=\"/ui/apis/shop-public\"",
+        "Look up an order",
+        ">/shop<",
+        "href=\"/ui/services/orders\"",
+        "API key",
+        // Not set on the Api: orders' owner.
+        "team-checkout",
+        "2/2 up",
+        "target 99.9% · p99 200ms",
+        "href=\"/ui/config/ApiConsumer/newcomer\"",
+        "href=\"/ui/config/ApiConsumer/wholesaler\"",
+    ] {
+        assert!(shop.contains(fact), "{fact}: {shop}");
+    }
+    let partner = rows
+        .iter()
+        .find(|r| r.contains("data-api=\"partner\""))
+        .unwrap();
+    for fact in [
+        "api.partner.example",
+        "JWT, anonymous",
+        "team-partners",
+        "1/2 up",
+        "Stock levels &lt;b&gt;for&lt;/b&gt; partners",
+        ">wholesaler<",
+    ] {
+        assert!(partner.contains(fact), "{fact}: {partner}");
+    }
+    assert!(!partner.contains(">newcomer<"), "{partner}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_search_filter_hides_apis_that_do_not_match() {
+    let r = api_shop().await;
+    let app = app(&r);
+    for (q, want) in [
+        ("checkout", vec!["shop-public"]),
+        ("Partner", vec!["partner"]),
+        ("stock+levels", vec!["partner"]),
+        ("%2Fshop", vec!["shop-public"]),
+        ("orders", vec!["shop-public"]),
+        ("", vec!["partner", "shop-public"]),
+    ] {
+        let (status, html) = get(&app, &format!("/ui/apis?q={q}")).await;
+        assert_eq!(status, StatusCode::OK, "{q}");
+        let shown: Vec<&str> = want
+            .iter()
+            .copied()
+            .filter(|a| html.contains(&format!("data-api=\"{a}\"")))
+            .collect();
+        assert_eq!(shown, want, "q={q}");
+        assert_eq!(elements(&html, "api-row").len(), want.len(), "q={q}");
+    }
+    let (_, html) = get(&app, "/ui/apis?q=%3Cb%3Enothing").await;
+    assert!(elements(&html, "api-row").is_empty());
+    assert!(
+        html.contains("No API matches <code>&lt;b&gt;nothing</code>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("value=\"&lt;b&gt;nothing\""),
+        "the query stays in the box"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_api_page_shows_operations_with_curl_lines_and_consumers() {
+    let r = api_shop().await;
+    let app = app(&r);
+    let (status, html) = get(&app, "/ui/apis/shop-public").await;
+    assert_eq!(status, StatusCode::OK);
+    let ops = elements(&html, "operation");
+    assert_eq!(ops.len(), 1, "{html}");
+    assert!(ops[0].contains(">GET<") && ops[0].contains(">/shop/orders/{id}<"));
+    // The summary comes from orders' own OpenAPI document.
+    assert!(ops[0].contains("One order"), "{}", ops[0]);
+    assert!(
+        ops[0].contains("curl -H &quot;x-api-key: $KEY&quot; 'http://GATEWAY/shop/orders/{id}'"),
+        "{}",
+        ops[0]
+    );
+    let consumers = elements(&html, "consumer");
+    assert_eq!(consumers.len(), 2);
+    assert!(consumers[0].contains(">newcomer<") && consumers[0].contains("Whoever runs the demo"));
+    assert!(html.contains("href=\"/v1/apis/shop-public/openapi.json\""));
+    assert!(html.contains("20 per 1s per consumer"), "rate limit");
+    // The backend's health, SLA and signals, as the services page shows them.
+    let backend = elements(&html, "backend");
+    assert!(backend[0].contains("2/2 up") && backend[0].contains("target 99.9% · p99 200ms"));
+    assert!(backend[0].contains("120 ms"), "p99: {}", backend[0]);
+
+    let (_, html) = get(&app, "/ui/apis/partner").await;
+    let curls: Vec<&str> = elements(&html, "operation");
+    assert_eq!(curls.len(), 2);
+    assert!(
+        html.contains(
+            "curl -X POST -H &quot;Authorization: Bearer $TOKEN&quot; 'https://api.partner.example/partner/levels/{sku}/reserve'"
+        ),
+        "{html}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unknown_api_gets_the_not_found_page() {
+    let r = api_shop().await;
+    let (status, html) = get(&app(&r), "/ui/apis/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(html.contains("No Api named <code>nope</code> is published."));
+    assert!(html.contains(">Services</a>"), "the nav bar is there");
+    let (status, _) = get(&app(&r), "/ui/apis/newcomer").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a consumer is not an API");
 }

@@ -1,5 +1,6 @@
 //! One module per page: each reads what it shows from the registry, then renders it.
 
+pub(crate) mod apis;
 pub(crate) mod config;
 pub(crate) mod events;
 pub(crate) mod sagas;
