@@ -248,6 +248,20 @@ async fn state(base: &str, service: &str) -> Value {
     res.json::<Value>().await.unwrap()["instances"][0]["state"].clone()
 }
 
+/// Waits until `service`'s first instance (run as `instance`) is `up`; on timeout, says
+/// what its sidecar printed.
+async fn wait_up(base: &str, service: &str, instance: &Instance) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while state(base, service).await != "up" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {service} up; its sidecar printed:\n{}",
+            instance.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !f().await {
@@ -423,8 +437,8 @@ async fn a_memory_pubsub_hosted_by_the_server_joins_services_and_redelivers_afte
         ],
     );
     let orders = run(&base, dir.path(), "orders", "-", "0");
-    wait_for("billing up", async || state(&base, "billing").await == "up").await;
-    wait_for("orders up", async || state(&base, "orders").await == "up").await;
+    wait_up(&base, "billing", &billing).await;
+    wait_up(&base, "orders", &orders).await;
     let outbound = orders.outbound().await;
 
     // Published through orders' sidecar, delivered through billing's.
@@ -611,8 +625,8 @@ async fn killed_mid_delivery(
     // The subscriber's app takes its time, so the sidecar is killed mid-delivery.
     let billing = run(base, dir, "billing", "-", "30");
     let orders = run(base, dir, "orders", "-", "0");
-    wait_for("billing up", async || state(base, "billing").await == "up").await;
-    wait_for("orders up", async || state(base, "orders").await == "up").await;
+    wait_up(base, "billing", &billing).await;
+    wait_up(base, "orders", &orders).await;
     assert!(billing.stderr().contains("404"), "{}", billing.stderr());
 
     let outbound = orders.outbound().await;
