@@ -13,16 +13,16 @@ use std::time::Duration;
 /// Counters by label set.
 #[derive(Debug, Default)]
 pub(crate) struct ApiMetrics {
-    series: Mutex<BTreeMap<Labels, Counters>>,
+    /// By API, operation and consumer, then status class (`CLASSES`): nested so that a
+    /// request already seen is counted without building a key.
+    series: Mutex<BTreeMap<String, ByOperation>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Labels {
-    api: String,
-    operation: String,
-    consumer: String,
-    code: &'static str,
-}
+/// An API's counters: by operation, consumer, then status class.
+type ByOperation = BTreeMap<String, BTreeMap<String, [Counters; 5]>>;
+
+/// The status classes, in the order of the counters.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Counters {
@@ -47,14 +47,20 @@ pub(crate) struct Seen<'a> {
 impl ApiMetrics {
     /// Counts one request.
     pub(crate) fn record(&self, seen: &Seen<'_>) {
-        let labels = Labels {
-            api: seen.api.to_owned(),
-            operation: seen.operation.to_owned(),
-            consumer: seen.consumer.to_owned(),
-            code: class(seen.status),
-        };
         let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
-        let c = series.entry(labels).or_default();
+        let by_operation = match series.get_mut(seen.api) {
+            Some(m) => m,
+            None => series.entry(seen.api.to_owned()).or_default(),
+        };
+        let by_consumer = match by_operation.get_mut(seen.operation) {
+            Some(m) => m,
+            None => by_operation.entry(seen.operation.to_owned()).or_default(),
+        };
+        let classes = match by_consumer.get_mut(seen.consumer) {
+            Some(c) => c,
+            None => by_consumer.entry(seen.consumer.to_owned()).or_default(),
+        };
+        let c = &mut classes[class(seen.status)];
         c.requests += 1;
         c.seconds += seen.duration.as_secs_f64();
     }
@@ -85,16 +91,24 @@ impl ApiMetrics {
                 "gauge"
             };
             let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (l, c) in series.iter() {
-                let _ = writeln!(
-                    out,
-                    "{name}{{api=\"{}\",operation=\"{}\",consumer=\"{}\",code=\"{}\"}} {}",
-                    escape(&l.api),
-                    escape(&l.operation),
-                    escape(&l.consumer),
-                    l.code,
-                    value(c)
-                );
+            for (api, by_operation) in series.iter() {
+                for (operation, by_consumer) in by_operation {
+                    for (consumer, classes) in by_consumer {
+                        for (code, c) in CLASSES.iter().zip(classes) {
+                            if c.requests == 0 {
+                                continue;
+                            }
+                            let _ = writeln!(
+                                out,
+                                "{name}{{api=\"{}\",operation=\"{}\",consumer=\"{}\",code=\"{code}\"}} {}",
+                                escape(api),
+                                escape(operation),
+                                escape(consumer),
+                                value(c)
+                            );
+                        }
+                    }
+                }
             }
         }
     }
@@ -114,13 +128,14 @@ pub(crate) fn access_line(seen: &Seen<'_>) -> String {
     .to_string()
 }
 
-fn class(status: u16) -> &'static str {
+/// The index in `CLASSES` of a status.
+fn class(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
 
